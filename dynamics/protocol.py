@@ -43,7 +43,7 @@ Example (the protocol is structural: any object with these members conforms)::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, Sequence, runtime_checkable
 
 import torch
 
@@ -115,8 +115,12 @@ class UnifiedModel(Protocol):
     image_length: int
     prompts: PromptSet
 
-    def sample(self, prompt_ids: torch.Tensor, n: int, *, seed: int) -> torch.Tensor:
-        """``n`` candidates per prompt, ``(R, B, n, M)``; deterministic given ``seed``."""
+    def sample(self, prompt_ids: torch.Tensor, n: int, *, seed: int | Sequence[int]) -> torch.Tensor:
+        """``n`` candidates per prompt, ``(R, B, n, M)``; deterministic given ``seed``.
+
+        With several replicas the loop passes one seed per replica (replica r's draws must depend
+        only on ``seed[r]``, so a vectorised run equals a loop of one-replica runs); with one
+        replica, an int."""
         ...
 
     def judge(self, prompt_ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

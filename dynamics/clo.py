@@ -1,0 +1,778 @@
+"""CLO, written once for every scale: self-judged data (Algorithm 1), generation-only training
+(SFT or DPO), curriculum replay over the discard pool (Algorithm 2), evaluation against an
+external judge.
+
+The loop talks to a model only through :class:`dynamics.protocol.UnifiedModel`, so the simulator,
+the toy transformer and Janus-Pro run through the same code. State is explicit
+(:class:`CLOData`); every epoch is checkpointed, so an interrupted run resumes to the same records.
+
+Example (a two-prompt, two-token world whose model is a table of logits)::
+
+    >>> import torch
+    >>> from dynamics.clo import CLOConfig, run_clo
+    >>> from dynamics.testing import TableModel
+    >>> model = TableModel.random(prompts=4, tokens=6, seed=0)
+    >>> cfg = CLOConfig(candidates=4, epochs=2, lr=0.5, seed=0, eval_candidates=4, progress=False)
+    >>> result = run_clo(model, cfg, external=model.oracle)
+    >>> [m["epoch"] for m in result.metrics]
+    [0, 1, 2]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from dynamics import losses as _losses
+from dynamics import metrics as _metrics
+from dynamics.judges import Judge, parse_judge
+from dynamics.protocol import ExternalJudge, TrainBatch, UnifiedModel
+from dynamics.records import RunDir, to_jsonable, versions
+
+__all__ = [
+    "CLOConfig",
+    "CLOData",
+    "CLOResult",
+    "StepHook",
+    "NonFiniteLossError",
+    "EmptyTrainingSetError",
+    "build_data",
+    "replay",
+    "evaluate",
+    "run_clo",
+    "parse_curriculum",
+]
+
+log = logging.getLogger(__name__)
+
+LOSSES = ("sft", "dpo")
+OPTIMIZERS = ("sgd", "adam")
+DPO_VARIANTS = ("sigmoid", "ipo", "hinge", "robust", "conservative")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the last checkpoint is kept."""
+
+
+class EmptyTrainingSetError(RuntimeError):
+    """The judge accepted no candidate (or, for DPO, no prompt has both an accepted and a rejected one)."""
+
+
+@dataclass
+class CLOConfig:
+    """Every setting of a CLO run. Defaults follow the paper where it gives one; the rest are ours.
+
+    Training is plain SGD by default: the setting of the theory (with Adam the kernel is not JJ^T).
+    """
+
+    candidates: int = 8  # N images per prompt (paper: 10)
+    threshold: float = 0.5  # accept when the judge's score (P(yes) for the self judge) >= threshold
+    judge: str = "self"  # self | oracle | external | all | noisy:<p> | corrupt:<p>
+    loss: str = "sft"  # sft | dpo
+    beta: float = 0.1  # DPO temperature
+    dpo_variant: str = "sigmoid"  # sigmoid | ipo | hinge | robust | conservative
+    nll_weight: float = 0.0  # weight of the per-token NLL term on the chosen sample (DPO)
+    epochs: int = 20
+    lr: float = 0.05
+    optimizer: str = "sgd"  # sgd | adam
+    weight_decay: float = 0.0
+    batch_size: int = 16  # prompts per training step (every accepted candidate of each)
+    grad_clip: float = 0.0  # 0 = off (global norm; only with one replica)
+    curriculum: str = "off"  # off | epochs:<e1,e2,..> | adaptive[:<level>]
+    adaptive_probe: int = 32  # discard-pool prompts probed per epoch by the adaptive trigger
+    eval_candidates: int = 4  # samples per evaluation prompt
+    chunk_size: int = 64  # prompts per sampling / judging call
+    seed: int = 0
+    progress: bool = True
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field and value of the first bad setting."""
+
+        def bad(name, why):
+            raise ValueError(f"config field {name}={getattr(self, name)!r}: {why}")
+
+        if not isinstance(self.candidates, int) or self.candidates < 1:
+            bad("candidates", "needs at least 1 candidate per prompt")
+        if not 0.0 <= self.threshold <= 1.0:
+            bad("threshold", "must lie in [0, 1]")
+        parse_judge(self.judge)
+        if self.loss not in LOSSES:
+            bad("loss", f"expected one of {LOSSES}")
+        if self.loss == "dpo" and self.candidates < 2:
+            bad("candidates", "DPO needs at least 2 candidates per prompt to form a pair")
+        if self.dpo_variant not in DPO_VARIANTS:
+            bad("dpo_variant", f"expected one of {DPO_VARIANTS}")
+        if not self.beta > 0:
+            bad("beta", "must be positive")
+        if self.nll_weight < 0:
+            bad("nll_weight", "must be >= 0")
+        if self.epochs < 0:
+            bad("epochs", "must be >= 0")
+        if not (self.lr >= 0 and math.isfinite(self.lr)):
+            bad("lr", "must be a finite number >= 0")
+        if self.optimizer not in OPTIMIZERS:
+            bad("optimizer", f"expected one of {OPTIMIZERS}")
+        if self.batch_size < 1:
+            bad("batch_size", "must be >= 1")
+        if self.eval_candidates < 1:
+            bad("eval_candidates", "must be >= 1")
+        if self.chunk_size < 1:
+            bad("chunk_size", "must be >= 1")
+        if self.grad_clip < 0:
+            bad("grad_clip", "must be >= 0")
+        parse_curriculum(self.curriculum, self.epochs)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def parse_curriculum(spec: str, epochs: int) -> tuple[str, tuple[int, ...], float]:
+    """``off`` | ``epochs:e1,e2`` | ``adaptive[:level]`` -> (mode, replay epochs, adaptive level).
+
+    >>> parse_curriculum("epochs:10", 20)
+    ('epochs', (10,), 0.0)
+    >>> parse_curriculum("adaptive", 20)
+    ('adaptive', (), 0.25)
+    >>> parse_curriculum("epochs:30", 20)
+    Traceback (most recent call last):
+    ...
+    ValueError: curriculum 'epochs:30': replay epoch 30 is outside 1..20
+    """
+    mode, _, arg = spec.partition(":")
+    if mode == "off" and not arg:
+        return "off", (), 0.0
+    if mode == "epochs":
+        try:
+            eps = tuple(sorted({int(e) for e in arg.split(",") if e.strip()}))
+        except ValueError:
+            raise ValueError(f"curriculum {spec!r}: replay epochs must be integers, e.g. epochs:10") from None
+        if not eps:
+            raise ValueError(f"curriculum {spec!r}: name at least one replay epoch, e.g. epochs:10")
+        for e in eps:
+            if not 1 <= e <= max(epochs, 1):
+                raise ValueError(f"curriculum {spec!r}: replay epoch {e} is outside 1..{epochs}")
+        return "epochs", eps, 0.0
+    if mode == "adaptive":
+        level = 0.25
+        if arg:
+            try:
+                level = float(arg)
+            except ValueError:
+                raise ValueError(f"curriculum {spec!r}: level {arg!r} is not a number") from None
+            if not 0.0 < level <= 1.0:
+                raise ValueError(f"curriculum {spec!r}: level {level} must lie in (0, 1]")
+        return "adaptive", (), level
+    raise ValueError(f"unknown curriculum {spec!r}; expected off, epochs:<e1,e2,..> or adaptive[:<level>]")
+
+
+class StepHook(Protocol):
+    """Observes training steps (e.g. theory tracking). ``after_step`` returns records for
+    ``theory.jsonl``; the loop adds ``epoch`` and ``step`` to each."""
+
+    def before_step(self, model: UnifiedModel, batch: TrainBatch, lr: float) -> None: ...
+
+    def after_step(self, model: UnifiedModel, batch: TrainBatch, lr: float) -> list[dict]: ...
+
+
+@dataclass
+class CLOData:
+    """The data state of a run: candidates of every training prompt and the judge's verdicts.
+
+    Shapes: ``prompt_ids`` (P,), ``images`` (R, P, N, M), ``p_yes`` and ``score`` (R, P, N) (the
+    model's own P(yes) when judged; the data judge's score), ``accepted`` (R, P, N): the SFT set,
+    ``pool`` (R, P): the discard pool (no candidate accepted). DPO: ``pair`` (R, P) whether the prompt
+    has a pair, ``chosen``/``rejected`` (R, P) candidate indices, ``ref_chosen``/``ref_rejected``
+    (R, P) reference log-probs (the model at the time the pair was built). ``replayed`` (R, P): the
+    prompts moved out of the pool by curriculum replay.
+    """
+
+    prompt_ids: torch.Tensor
+    images: torch.Tensor
+    p_yes: torch.Tensor
+    score: torch.Tensor
+    accepted: torch.Tensor
+    pool: torch.Tensor
+    replayed: torch.Tensor
+    pair: torch.Tensor | None = None
+    chosen: torch.Tensor | None = None
+    rejected: torch.Tensor | None = None
+    ref_chosen: torch.Tensor | None = None
+    ref_rejected: torch.Tensor | None = None
+    external_yes: torch.Tensor | None = None
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
+
+    def sft_size(self) -> torch.Tensor:
+        return self.accepted.sum((1, 2))
+
+    def pair_count(self) -> torch.Tensor:
+        return self.pair.sum(1) if self.pair is not None else torch.zeros(self.accepted.shape[0], dtype=torch.long)
+
+
+@dataclass
+class EvalSet:
+    """The fixed evaluation reference: the pre-trained model's samples and their verdicts."""
+
+    prompt_ids: torch.Tensor
+    images: torch.Tensor
+    pre_yes: torch.Tensor
+    external_yes: torch.Tensor
+
+
+@dataclass
+class CLOResult:
+    metrics: list[dict]
+    data: CLOData
+    eval_set: EvalSet
+    theory: list[dict] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers: prompts sharded across ranks for sampling and judging, results gathered
+
+
+def _dist():
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _map_prompts(fn: Callable[[torch.Tensor, list[int], int], dict], ids: torch.Tensor, chunk: int,
+                 seeds: list[int], desc: str, progress: bool) -> dict[str, torch.Tensor]:
+    """Apply ``fn(chunk_ids, chunk_seeds, start)`` over prompt chunks (sharded across ranks) and
+    concatenate the results along the prompt axis (dim 1). Chunk seeds (one per replica) depend only
+    on the replica's seed and the chunk's position, so results depend neither on the number of ranks
+    nor on how many replicas run side by side."""
+    rank, world = _dist()
+    starts = list(range(0, len(ids), chunk))
+    mine = starts[rank::world]
+    parts: dict[int, dict] = {}
+    for s in tqdm(mine, desc=desc, disable=not progress or rank != 0, leave=False):
+        parts[s] = {k: v.cpu() for k, v in fn(ids[s : s + chunk], [_derive(x, s) for x in seeds], s).items()}
+    if world > 1:
+        gathered: list = [None] * world
+        torch.distributed.all_gather_object(gathered, parts)
+        parts = {k: v for g in gathered for k, v in g.items()}
+    keys = parts[starts[0]].keys()
+    return {k: torch.cat([parts[s][k] for s in starts], dim=1) for k in keys}
+
+
+def _seed_arg(seeds: list[int]):
+    """What ``model.sample`` takes: an int for one replica, one seed per replica otherwise."""
+    return seeds[0] if len(seeds) == 1 else list(seeds)
+
+
+def _generators(seeds: list[int]) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+def replica_seeds(cfg: "CLOConfig", replicas: int, *tags: int) -> list[int]:
+    """Seeds of replica r = derived from ``cfg.seed + r`` and ``tags``: replica r of a vectorised run
+    sees exactly the randomness of a one-replica run with seed ``cfg.seed + r``."""
+    return [_derive(cfg.seed + r, *tags) for r in range(replicas)]
+
+
+def _derive(seed: int, *tags: int) -> int:
+    """A seed derived from the run seed and integer tags (phase, epoch), stable across runs."""
+    digest = hashlib.sha256(repr((int(seed),) + tuple(int(t) for t in tags)).encode()).hexdigest()
+    return int(digest[:15], 16)
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm 1: self-judged data
+
+
+def _judge_candidates(model, external, judge: Judge, cfg: CLOConfig, ids, images, seeds):
+    p_yes = model.judge(ids, images).to(torch.float64)
+    ext = external(ids, images).bool() if external is not None else None
+    score = judge.score(p_yes, ext, threshold=cfg.threshold, generator=_generators([x + 1 for x in seeds]))
+    out = {"p_yes": p_yes, "score": score}
+    if ext is not None:
+        out["external_yes"] = ext
+    return out
+
+
+def build_data(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *, external: ExternalJudge | None,
+               seeds: list[int]) -> CLOData:
+    """Algorithm 1: N candidates per prompt, judged; the SFT set, the discard pool and DPO pairs.
+    ``seeds``: one per replica."""
+    judge = parse_judge(cfg.judge)
+
+    def one(ids, s, _start):
+        images = model.sample(ids, cfg.candidates, seed=_seed_arg(s))
+        return {"images": images, **_judge_candidates(model, external, judge, cfg, ids, images, s)}
+
+    got = _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "sampling + judging", cfg.progress)
+    accepted = got["score"] >= cfg.threshold
+    data = CLOData(
+        prompt_ids=prompt_ids.clone(),
+        images=got["images"],
+        p_yes=got["p_yes"],
+        score=got["score"],
+        accepted=accepted,
+        pool=~accepted.any(-1),
+        replayed=torch.zeros_like(accepted[..., 0]),
+        external_yes=got.get("external_yes"),
+    )
+    if cfg.loss == "dpo":
+        _make_pairs(model, cfg, data, torch.ones_like(data.pool))
+    return data
+
+
+def _make_pairs(model, cfg, data: CLOData, rows: torch.Tensor) -> None:
+    """(Re)build DPO pairs for the prompts where ``rows`` (R, P) is set: the most and the least
+    yes-like candidate (by the judge's score) of a prompt with both an accepted and a rejected one;
+    reference log-probs from the current model (computed once per data round)."""
+    acc = data.accepted
+    score = data.score
+    chosen = torch.where(acc, score, torch.full_like(score, -1.0)).argmax(-1)
+    rejected = torch.where(~acc, score, torch.full_like(score, 2.0)).argmin(-1)
+    pair = acc.any(-1) & (~acc).any(-1)
+    if data.pair is None:
+        data.pair, data.chosen, data.rejected = pair & rows, chosen, rejected
+        data.ref_chosen = torch.zeros(pair.shape, dtype=torch.float64)
+        data.ref_rejected = torch.zeros(pair.shape, dtype=torch.float64)
+    else:
+        data.pair = torch.where(rows, pair, data.pair)
+        data.chosen = torch.where(rows, chosen, data.chosen)
+        data.rejected = torch.where(rows, rejected, data.rejected)
+    cols = rows.any(0).nonzero().flatten()
+    if len(cols) == 0:
+        return
+    R = acc.shape[0]
+    for s in range(0, len(cols), cfg.chunk_size):
+        c = cols[s : s + cfg.chunk_size]
+        imgs = data.images[:, c]  # (R, b, N, M)
+        idx_c = data.chosen[:, c][..., None, None].expand(R, len(c), 1, imgs.shape[-1])
+        idx_r = data.rejected[:, c][..., None, None].expand(R, len(c), 1, imgs.shape[-1])
+        with torch.no_grad():
+            lc = model.image_logprob(data.prompt_ids[c], imgs.gather(2, idx_c).to(_device(model)))[..., 0]
+            lr = model.image_logprob(data.prompt_ids[c], imgs.gather(2, idx_r).to(_device(model)))[..., 0]
+        sel = rows[:, c]
+        data.ref_chosen[:, c] = torch.where(sel, lc.double().cpu(), data.ref_chosen[:, c])
+        data.ref_rejected[:, c] = torch.where(sel, lr.double().cpu(), data.ref_rejected[:, c])
+
+
+def _device(model) -> torch.device:
+    for p in model.generation_parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# Algorithm 2: curriculum replay
+
+
+def replay(model: UnifiedModel, cfg: CLOConfig, data: CLOData, *, external, seeds: list[int]) -> dict:
+    """Regenerate and re-judge the discard pool with the current model; move accepted candidates
+    into the training set and their prompts out of the pool. Returns counts per replica."""
+    cols = data.pool.any(0).nonzero().flatten()
+    R = data.pool.shape[0]
+    if len(cols) == 0:
+        return {"replay_prompts": torch.zeros(R, dtype=torch.long), "replay_moved": torch.zeros(R, dtype=torch.long)}
+    fresh = build_data(model, dataclasses.replace(cfg, loss="sft"), data.prompt_ids[cols], external=external,
+                       seeds=seeds)
+    in_pool = data.pool[:, cols]  # (R, c)
+    moved = in_pool & fresh.accepted.any(-1)
+    for name in ("images", "p_yes", "score", "accepted", "external_yes"):
+        old, new = getattr(data, name), getattr(fresh, name)
+        if old is None or new is None:
+            continue
+        m = moved.view(*moved.shape, *([1] * (old.dim() - 2)))
+        old[:, cols] = torch.where(m, new, old[:, cols])
+    data.pool[:, cols] = in_pool & ~moved
+    data.replayed[:, cols] |= moved
+    if cfg.loss == "dpo":
+        rows = torch.zeros_like(data.pool)
+        rows[:, cols] = moved
+        _make_pairs(model, cfg, data, rows)
+    return {"replay_prompts": in_pool.sum(1), "replay_moved": moved.sum(1)}
+
+
+def _adaptive_trigger(model, cfg, data, level, *, external, seeds) -> tuple[bool, float]:
+    """Probe up to ``adaptive_probe`` discard-pool prompts with the current model: trigger replay
+    when the share of probed prompts that now get at least one accepted candidate reaches ``level``."""
+    cols = data.pool.any(0).nonzero().flatten()
+    if len(cols) == 0:
+        return False, 0.0
+    g = torch.Generator().manual_seed(seeds[0])
+    cols = cols[torch.randperm(len(cols), generator=g)[: cfg.adaptive_probe]]
+    probe = build_data(model, dataclasses.replace(cfg, loss="sft", progress=False), data.prompt_ids[cols],
+                       external=external, seeds=[x + 1 for x in seeds])
+    in_pool = data.pool[:, cols]
+    hit = (probe.accepted.any(-1) & in_pool).sum().item() / max(1, in_pool.sum().item())
+    return hit >= level, hit
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def make_eval_set(model, cfg, prompt_ids, *, external, seeds: list[int]) -> EvalSet:
+    """The pre-trained model's samples on the evaluation prompts, with its own and the external verdicts."""
+    if external is None:
+        raise ValueError("evaluation needs an external judge (the oracle at the theory and toy scales)")
+
+    def one(ids, s, _start):
+        images = model.sample(ids, cfg.eval_candidates, seed=_seed_arg(s))
+        return {"images": images, "p_yes": model.judge(ids, images), "ext": external(ids, images).bool()}
+
+    got = _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "evaluation set", cfg.progress)
+    return EvalSet(prompt_ids.clone(), got["images"], got["p_yes"] >= cfg.threshold, got["ext"])
+
+
+def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external, seeds: list[int],
+             groups: dict[str, list[int]] | None = None) -> list[dict]:
+    """All metrics of the current model, one dict per replica (overall and per group)."""
+
+    def one(ids, s, _start):
+        images = model.sample(ids, cfg.eval_candidates, seed=_seed_arg(s))
+        return {"own": model.judge(ids, images) >= cfg.threshold, "ext": external(ids, images).bool()}
+
+    cur = _map_prompts(one, eval_set.prompt_ids, cfg.chunk_size, seeds, "evaluating", cfg.progress)
+
+    def judge_pre(ids, s, start):
+        return {"yes": model.judge(ids, eval_set.images[:, start : start + len(ids)].to(_device(model)))
+                >= cfg.threshold}
+
+    pre_cur = _map_prompts(judge_pre, eval_set.prompt_ids, cfg.chunk_size, seeds, "re-judging", cfg.progress)["yes"]
+
+    def summary(cols):
+        return _metrics.summarise(
+            cur_samples_own_yes=cur["own"][:, cols],
+            cur_samples_external_yes=cur["ext"][:, cols],
+            pre_samples_pre_yes=eval_set.pre_yes[:, cols],
+            pre_samples_cur_yes=pre_cur[:, cols],
+            pre_samples_external_yes=eval_set.external_yes[:, cols],
+        )
+
+    R = cur["own"].shape[0]
+    allcols = torch.arange(len(eval_set.prompt_ids))
+    overall = summary(allcols)
+    out = [{k: v[r].item() for k, v in overall.items()} for r in range(R)]
+    if groups:
+        pos = {int(p): i for i, p in enumerate(eval_set.prompt_ids.tolist())}
+        for name, members in groups.items():
+            cols = torch.tensor([pos[m] for m in members if m in pos], dtype=torch.long)
+            if len(cols) == 0:
+                continue
+            s = summary(cols)
+            for r in range(R):
+                out[r].setdefault("groups", {})[name] = {k: v[r].item() for k, v in s.items()}
+    extra = getattr(model, "exact_metrics", None)
+    if callable(extra):
+        for r, d in enumerate(extra()):
+            out[r].update(d)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# training the generation objective
+
+
+def _batches(data: CLOData, cfg: CLOConfig, seeds: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Minibatches of one epoch: replica r shuffles its own training prompts with its own seed and
+    takes ``batch_size`` of them per step; step t trains every replica on its t-th batch at once
+    (the union of their prompt columns, with a membership mask ``(R, b)``). Replica r thus follows
+    exactly the schedule of a one-replica run with seed ``cfg.seed + r``."""
+    has = data.accepted.any(-1) if cfg.loss == "sft" else data.pair  # (R, P)
+    R = has.shape[0]
+    rank, world = _dist()
+    size = cfg.batch_size * world
+    per_rep = []
+    for r in range(R):
+        cols = has[r].nonzero().flatten()
+        cols = cols[torch.randperm(len(cols), generator=torch.Generator().manual_seed(seeds[r]))]
+        per_rep.append([cols[s : s + size][rank::world] for s in range(0, len(cols), size)])
+    out = []
+    for t in range(max(len(b) for b in per_rep)):
+        parts = [b[t] if t < len(b) else torch.zeros(0, dtype=torch.long) for b in per_rep]
+        cols = torch.unique(torch.cat(parts))
+        member = torch.stack([torch.isin(cols, p) for p in parts])
+        out.append((cols, member))
+    return out
+
+
+def _train_batch(data: CLOData, cfg: CLOConfig, cols: torch.Tensor, member: torch.Tensor, device) -> TrainBatch:
+    ids = data.prompt_ids[cols]
+    if cfg.loss == "sft":
+        w = data.accepted[:, cols] & member[..., None]
+        return TrainBatch("sft", ids, w.to(torch.float64).to(device), images=data.images[:, cols].to(device))
+    R, _, _, M = data.images.shape
+    imgs = data.images[:, cols]
+    pick = lambda idx: imgs.gather(2, idx[:, cols][..., None, None].expand(R, len(cols), 1, M)).to(device)  # noqa: E731
+    w = (data.pair[:, cols] & member)[..., None]
+    return TrainBatch("dpo", ids, w.to(torch.float64).to(device),
+                      chosen=pick(data.chosen), rejected=pick(data.rejected),
+                      ref_chosen=data.ref_chosen[:, cols, None].to(device),
+                      ref_rejected=data.ref_rejected[:, cols, None].to(device))
+
+
+def batch_loss(model: UnifiedModel, cfg: CLOConfig, batch: TrainBatch) -> torch.Tensor:
+    """The generation objective of one minibatch: the sum over replicas of each replica's mean loss
+    (so every replica gets its own gradient, exactly as if trained alone)."""
+    w = batch.weights
+    count = w.sum((1, 2)).clamp_min(1.0)  # (R,)
+    if batch.kind == "sft":
+        logp = model.image_logprob(batch.prompt_ids, batch.images)  # (R, B, K)
+        per = -(w * logp.to(w.dtype)).sum((1, 2)) / count
+        return per.sum()
+    lc = model.image_logprob(batch.prompt_ids, batch.chosen).to(w.dtype)
+    lr = model.image_logprob(batch.prompt_ids, batch.rejected).to(w.dtype)
+    loss = _losses.dpo_loss(lc, lr, batch.ref_chosen, batch.ref_rejected, beta=cfg.beta, variant=cfg.dpo_variant)
+    if cfg.nll_weight:
+        loss = loss - cfg.nll_weight * lc / batch.chosen.shape[-1]  # per-token NLL of the chosen sample
+    return ((w * loss).sum((1, 2)) / count).sum()
+
+
+def _optimizer(params, cfg: CLOConfig):
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train_module(model):
+    """The module to put in train/eval mode (adapters wrap an nn.Module)."""
+    return model if isinstance(model, torch.nn.Module) else getattr(model, "module", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+
+
+def run_clo(
+    model: UnifiedModel,
+    cfg: CLOConfig,
+    *,
+    external: ExternalJudge | None = None,
+    train_ids: Sequence[int] | torch.Tensor | None = None,
+    eval_ids: Sequence[int] | torch.Tensor | None = None,
+    out_dir: str | None = None,
+    resume: bool = False,
+    hooks: Iterable[StepHook] = (),
+    run_info: dict | None = None,
+    on_epoch: Callable[[int, list[dict]], None] | None = None,
+) -> CLOResult:
+    """Run CLO: Algorithm 1 once with the pre-trained model, ``cfg.epochs`` epochs of
+    generation-only training, curriculum replay (Algorithm 2) as configured, and an evaluation
+    against ``external`` before training (epoch 0) and after every epoch.
+
+    ``train_ids``/``eval_ids`` default to every prompt of ``model.prompts``. With ``out_dir`` the run
+    writes config.json, metrics.jsonl, theory.jsonl, data.safetensors and state.pt there, and
+    ``resume=True`` continues from the last checkpoint (refusing a directory of another config).
+    ``on_epoch(epoch, records)`` is called after each evaluation (e.g. a co-degradation alarm).
+    """
+    cfg.validate()
+    judge = parse_judge(cfg.judge)
+    if judge.needs_external and external is None:
+        raise ValueError(f"judge {cfg.judge!r} needs an external judge, and none was given")
+    if cfg.grad_clip and model.replicas > 1:
+        raise ValueError("grad_clip couples replicas through the global norm; use it with one replica")
+    if external is None:
+        raise ValueError("run_clo needs an external judge for its evaluation (ground truth or the best available)")
+    n_prompts = len(model.prompts)
+    train_ids = _ids(train_ids, n_prompts, "train_ids")
+    eval_ids = _ids(eval_ids, n_prompts, "eval_ids")
+    mode, replay_epochs, level = parse_curriculum(cfg.curriculum, cfg.epochs)
+    rank, _ = _dist()
+    writer = rank == 0
+    R = model.replicas
+
+    run = RunDir(out_dir) if out_dir is not None else None
+    info = {"config": cfg.to_dict(), "run": run_info or {}, "versions": versions()}
+    state = None
+    if run is not None:
+        if resume and run.file("config.json").exists():
+            run.check_config(cfg.to_dict())
+            state = run.load_state("state.pt")
+        elif not resume and run.file("state.pt").exists():
+            raise FileExistsError(f"{run.path} holds a run already; pass resume=True (--resume) or a new directory")
+        if writer and state is None:
+            for name in ("metrics.jsonl", "theory.jsonl"):
+                run.file(name).unlink(missing_ok=True)
+            run.write_json("config.json", info)
+
+    scope = list(model.generation_parameters())
+    if not scope:
+        raise ValueError("the model's generation_parameters() is empty: nothing to train")
+    opt = _optimizer(scope, cfg)
+    groups = _eval_groups(model, eval_ids)
+    theory: list[dict] = []
+
+    if state is None:
+        eval_set = make_eval_set(model, cfg, eval_ids, external=external, seeds=replica_seeds(cfg, R, 1))
+        data = build_data(model, cfg, train_ids, external=external, seeds=replica_seeds(cfg, R, 2))
+        _check_training_set(cfg, data)
+        records = _epoch_records(model, cfg, eval_set, data, external, groups, epoch=0, extra={})
+        metrics = list(records)
+        if run is not None and writer:
+            for r in records:
+                run.append_jsonl("metrics.jsonl", r)
+            run.save_tensors("data.safetensors", data.tensors())
+            _save(run, model, opt, data, eval_set, epoch=0)
+        if on_epoch:
+            on_epoch(0, records)
+        start = 1
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        data = CLOData(**state["data"])
+        eval_set = EvalSet(**state["eval_set"])
+        start = state["epoch"] + 1
+        run.truncate_jsonl("metrics.jsonl", lambda r: r["epoch"] < start)
+        run.truncate_jsonl("theory.jsonl", lambda r: r["epoch"] < start)
+        metrics = run.read_jsonl("metrics.jsonl")
+        log.info("resuming %s at epoch %d", run.path, start)
+
+    frozen = _freeze_outside(model, scope)
+    module = _train_module(model)
+    try:
+        for epoch in range(start, cfg.epochs + 1):
+            if module is not None:
+                module.train()
+            losses_, norms = [], []
+            batches = _batches(data, cfg, replica_seeds(cfg, R, 3, epoch))
+            for step, (cols, member) in enumerate(tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress or rank != 0,
+                                             leave=False)):
+                batch = _train_batch(data, cfg, cols, member, _device(model))
+                for h in hooks:
+                    h.before_step(model, batch, cfg.lr)
+                opt.zero_grad(set_to_none=True)
+                loss = batch_loss(model, cfg, batch)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"epoch {epoch} step {step}: loss is {loss.item()}; stopped, the last checkpoint "
+                        f"(epoch {epoch - 1}) is kept" + (f" in {run.path}" if run else ""))
+                loss.backward()
+                if cfg.grad_clip:
+                    norms.append(float(torch.nn.utils.clip_grad_norm_(scope, cfg.grad_clip)))
+                else:
+                    norms.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in scope
+                                                      if p.grad is not None))))
+                opt.step()
+                losses_.append(loss.item())
+                for h in hooks:
+                    for rec in h.after_step(model, batch, cfg.lr) or []:
+                        rec = {"epoch": epoch, "step": step, **rec}
+                        theory.append(rec)
+                        if run is not None and writer:
+                            run.append_jsonl("theory.jsonl", rec)
+            if batches and max(norms) == 0.0:
+                warnings.warn(f"epoch {epoch}: every gradient norm was zero: the generation objective does not "
+                              f"reach the trainable parameters", RuntimeWarning, stacklevel=2)
+            if module is not None:
+                module.eval()
+            extra = {"train_loss": sum(losses_) / max(1, len(losses_)), "grad_norm": max(norms, default=0.0),
+                     "steps": len(batches)}
+            rep = _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external)
+            extra.update(rep)
+            records = _epoch_records(model, cfg, eval_set, data, external, groups, epoch=epoch, extra=extra)
+            metrics.extend(records)
+            if run is not None and writer:
+                for r in records:
+                    run.append_jsonl("metrics.jsonl", r)
+                if rep.get("replay"):
+                    run.save_tensors("data.safetensors", data.tensors())
+                _save(run, model, opt, data, eval_set, epoch=epoch)
+            if on_epoch:
+                on_epoch(epoch, records)
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    if module is not None:
+        module.eval()
+    return CLOResult(metrics=metrics, data=data, eval_set=eval_set, theory=theory)
+
+
+def _ids(ids, n: int, name: str) -> torch.Tensor:
+    out = torch.arange(n) if ids is None else torch.as_tensor(list(ids) if not torch.is_tensor(ids) else ids).long()
+    if out.numel() == 0:
+        raise ValueError(f"{name} is empty")
+    if out.min() < 0 or out.max() >= n:
+        raise ValueError(f"{name} holds prompt id {int(out.max() if out.max() >= n else out.min())} outside 0..{n - 1}")
+    return out
+
+
+def _eval_groups(model, eval_ids) -> dict[str, list[int]]:
+    keep = set(eval_ids.tolist())
+    return {k: [i for i in v if i in keep] for k, v in model.prompts.groups().items()}
+
+
+def _check_training_set(cfg: CLOConfig, data: CLOData) -> None:
+    if cfg.loss == "sft":
+        empty = (data.sft_size() == 0).nonzero().flatten().tolist()
+        if empty:
+            raise EmptyTrainingSetError(
+                f"judge {cfg.judge!r} at threshold {cfg.threshold} accepted none of the "
+                f"{data.accepted[0].numel()} candidates (replica {empty}): Algorithm 1 gives an empty SFT set")
+    else:
+        empty = (data.pair_count() == 0).nonzero().flatten().tolist()
+        if empty:
+            raise EmptyTrainingSetError(
+                f"judge {cfg.judge!r} at threshold {cfg.threshold}: no prompt has both an accepted and a "
+                f"rejected candidate (replica {empty}), so there is no DPO pair")
+
+
+def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra) -> list[dict]:
+    per = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, len(eval_set.images), 4),
+                   groups=groups)
+    R = len(per)
+    out = []
+    for r in range(R):
+        rec = {"epoch": epoch, "seed": cfg.seed + r if R > 1 else cfg.seed, "replica": r}
+        rec.update(per[r])
+        rec["sft_size"] = int(data.sft_size()[r])
+        rec["discard_size"] = int(data.pool[r].sum())
+        rec["replayed_prompts"] = int(data.replayed[r].sum())
+        if cfg.loss == "dpo":
+            rec["dpo_pairs"] = int(data.pair_count()[r])
+        for k, v in extra.items():
+            rec[k] = v[r].item() if torch.is_tensor(v) and v.dim() == 1 else v
+        out.append(to_jsonable(rec))
+    return out
+
+
+def _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external) -> dict:
+    if mode == "off":
+        return {}
+    trigger, probe = (epoch in replay_epochs), None
+    if mode == "adaptive":
+        trigger, probe = _adaptive_trigger(model, cfg, data, level, external=external,
+                                           seeds=replica_seeds(cfg, model.replicas, 5, epoch))
+    out: dict = {"replay": bool(trigger)}
+    if probe is not None:
+        out["replay_probe_rate"] = probe
+    if trigger:
+        out.update(replay(model, cfg, data, external=external, seeds=replica_seeds(cfg, model.replicas, 6, epoch)))
+    return out
+
+
+def _save(run: RunDir, model, opt, data: CLOData, eval_set: EvalSet, *, epoch: int) -> None:
+    run.save_state("state.pt", {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "data": data.tensors(),
+        "eval_set": dataclasses.asdict(eval_set),
+    })
+
+
+def _freeze_outside(model, scope) -> list[torch.nn.Parameter]:
+    """Freeze every parameter outside the generation scope for the run; return those frozen."""
+    module = _train_module(model)
+    if module is None:
+        return []
+    keep = {id(p) for p in scope}
+    frozen = [p for p in module.parameters() if id(p) not in keep and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen

@@ -1,0 +1,140 @@
+"""Reading runs: aggregation over seeds (mean and standard error), summary tables and curves.
+
+Works on the records of ``metrics.jsonl`` (one dict per replica and epoch), at every scale.
+
+    >>> recs = [{"epoch": 0, "seed": s, "gen_acc": a} for s, a in [(0, 0.5), (1, 0.7)]]
+    >>> aggregate(recs, "gen_acc")
+    {0: (0.6, 0.09999999999999998, 2)}
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+__all__ = ["aggregate", "group_value", "summary_table", "plot_curves", "mean_se"]
+
+CURVE_KEYS = ("gen_acc", "win_rate", "non_unification", "und_fp_rate")
+LABELS = {
+    "gen_acc": "Gen accuracy (external judge)",
+    "win_rate": "Und win rate",
+    "non_unification": "Non-unification",
+    "und_fp_rate": "Und false-positive rate",
+    "und_fn_rate": "Und false-negative rate",
+    "attribution": "Weak-generation attribution",
+    "sft_size": "SFT set size",
+    "discard_size": "Discard pool size",
+}
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float, int]:
+    """Mean, standard error of the mean (NaN for one value), count; NaN values are skipped.
+
+    >>> mean_se([1.0, 2.0, 3.0])
+    (2.0, 0.5773502691896257, 3)
+    """
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    n = len(vals)
+    if n == 0:
+        return math.nan, math.nan, 0
+    m = sum(vals) / n
+    if n == 1:
+        return m, math.nan, 1
+    var = sum((v - m) ** 2 for v in vals) / (n - 1)
+    return m, math.sqrt(var / n), n
+
+
+def group_value(record: dict, key: str, group: str | None = None):
+    """``record[key]`` overall, or within ``record["groups"][group]``."""
+    if group is None:
+        return record.get(key)
+    return record.get("groups", {}).get(group, {}).get(key)
+
+
+def aggregate(records: Sequence[dict], key: str, group: str | None = None) -> dict[int, tuple[float, float, int]]:
+    """Per epoch: (mean, standard error, number of seeds) of ``key`` across seeds."""
+    epochs: dict[int, list] = {}
+    for r in records:
+        epochs.setdefault(int(r["epoch"]), []).append(group_value(r, key, group))
+    return {e: mean_se(v) for e, v in sorted(epochs.items())}
+
+
+def _fmt(m: float, se: float, pct: bool) -> str:
+    if math.isnan(m):
+        return "n/a"
+    scale = 100.0 if pct else 1.0
+    s = f"{m * scale:.1f}"
+    if not math.isnan(se):
+        s += f"±{se * scale:.1f}"
+    return s
+
+
+def summary_table(records: Sequence[dict], *, groups: bool = True, start: int | None = None,
+                  end: int | None = None) -> str:
+    """A text table per category: Gen, Und win rate (with its denominator), Non, Und false-positive
+    rate, before -> after (percent; ± one standard error across seeds where there are several)."""
+    epochs = sorted({int(r["epoch"]) for r in records})
+    e0 = epochs[0] if start is None else start
+    e1 = epochs[-1] if end is None else end
+    names: list[str | None] = [None]
+    if groups:
+        seen = []
+        for r in records:
+            for g in r.get("groups", {}):
+                if g not in seen:
+                    seen.append(g)
+        names += sorted(seen)
+    header = f"{'category':<24} {'Gen before -> after':>24} {'Und win rate (n)':>20} {'Non before -> after':>24} " \
+             f"{'Und FP before -> after':>24}"
+    lines = [header, "-" * len(header)]
+    for g in names:
+        row = [f"{'overall' if g is None else g:<24}"]
+        for key in ("gen_acc", "win_rate", "non_unification", "und_fp_rate"):
+            agg = aggregate(records, key, g)
+            if e0 not in agg or e1 not in agg:
+                row.append(f"{'n/a':>24}")
+                continue
+            b, a = agg[e0], agg[e1]
+            if key == "win_rate":
+                n = [group_value(r, "win_rate_n", g) for r in records if int(r["epoch"]) == e1]
+                ntot = sum(int(x) for x in n if x is not None)
+                row.append(f"{_fmt(a[0], a[1], True) + f' ({ntot})':>20}")
+            else:
+                row.append(f"{_fmt(b[0], b[1], True) + ' -> ' + _fmt(a[0], a[1], True):>24}")
+        lines.append(" ".join(row))
+    nseeds = len({r.get("seed") for r in records})
+    lines.append(f"(epochs {e0} -> {e1}; {nseeds} seed{'s' if nseeds != 1 else ''}; percent, ± one standard error)")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: dict[str, Sequence[dict]], path: str | Path, keys: Sequence[str] = CURVE_KEYS,
+                title: str | None = None) -> Path:
+    """One panel per metric, one line per run (mean ± standard error across seeds); PNG (and PDF
+    when ``path`` ends in .pdf). ``runs`` maps a label to its records."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, records in runs.items():
+            agg = aggregate(records, key)
+            xs = list(agg)
+            m = [agg[e][0] for e in xs]
+            se = [0.0 if math.isnan(agg[e][1]) else agg[e][1] for e in xs]
+            ax.plot(xs, m, label=label, marker="o", ms=2.5)
+            ax.fill_between(xs, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], alpha=0.2)
+        ax.set_title(LABELS.get(key, key), fontsize=9)
+        ax.set_xlabel("epoch")
+        if key == "win_rate":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    axes[0][0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
