@@ -40,6 +40,8 @@ CLO_HELP = {
     "adaptive_probe": "discard-pool prompts probed per epoch by the adaptive trigger",
     "eval_candidates": "samples per evaluation prompt",
     "chunk_size": "prompts per sampling / judging call",
+    "audit": "also judge every training candidate with the external judge (precision of the self-judged set; "
+             "costly with a large external VLM)",
     "seed": "random seed (replica r of a vectorised run uses seed + r)",
 }
 
@@ -61,8 +63,12 @@ def clo_parser(description: str, defaults: CLOConfig | None = None, **kw) -> arg
         if f.name == "progress":
             continue
         default = getattr(base, f.name)
-        g.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=type(default), default=default,
-                       help=CLO_HELP[f.name])
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default,
+                           help=CLO_HELP[f.name])
+        else:
+            g.add_argument(flag, dest=f.name, type=type(default), default=default, help=CLO_HELP[f.name])
     return p
 
 

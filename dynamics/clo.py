@@ -90,6 +90,7 @@ class CLOConfig:
     adaptive_probe: int = 32  # discard-pool prompts probed per epoch by the adaptive trigger
     eval_candidates: int = 4  # samples per evaluation prompt
     chunk_size: int = 64  # prompts per sampling / judging call
+    audit: bool = True  # also judge the training candidates externally (precision of the SFT set)
     seed: int = 0
     progress: bool = True
 
@@ -225,7 +226,7 @@ class EvalSet:
     prompt_ids: torch.Tensor
     images: torch.Tensor
     pre_yes: torch.Tensor
-    external_yes: torch.Tensor
+    external_yes: torch.Tensor | None
 
 
 @dataclass
@@ -293,7 +294,8 @@ def _derive(seed: int, *tags: int) -> int:
 
 def _judge_candidates(model, external, judge: Judge, cfg: CLOConfig, ids, images, seeds):
     p_yes = model.judge(ids, images).to(torch.float64)
-    ext = external(ids, images).bool() if external is not None else None
+    use_external = external is not None and (judge.needs_external or cfg.audit)
+    ext = external(ids, images).bool() if use_external else None
     score = judge.score(p_yes, ext, threshold=cfg.threshold, generator=_generators([x + 1 for x in seeds]))
     out = {"p_yes": p_yes, "score": score}
     if ext is not None:
@@ -418,25 +420,32 @@ def _adaptive_trigger(model, cfg, data, level, *, external, seeds) -> tuple[bool
 
 
 def make_eval_set(model, cfg, prompt_ids, *, external, seeds: list[int]) -> EvalSet:
-    """The pre-trained model's samples on the evaluation prompts, with its own and the external verdicts."""
-    if external is None:
-        raise ValueError("evaluation needs an external judge (the oracle at the theory and toy scales)")
+    """The pre-trained model's samples on the evaluation prompts, with its own and (where there is
+    an external judge) the external verdicts."""
 
     def one(ids, s, _start):
         images = model.sample(ids, cfg.eval_candidates, seed=_seed_arg(s))
-        return {"images": images, "p_yes": model.judge(ids, images), "ext": external(ids, images).bool()}
+        out = {"images": images, "p_yes": model.judge(ids, images)}
+        if external is not None:
+            out["ext"] = external(ids, images).bool()
+        return out
 
     got = _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "evaluation set", cfg.progress)
-    return EvalSet(prompt_ids.clone(), got["images"], got["p_yes"] >= cfg.threshold, got["ext"])
+    return EvalSet(prompt_ids.clone(), got["images"], got["p_yes"] >= cfg.threshold, got.get("ext"))
 
 
 def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external, seeds: list[int],
              groups: dict[str, list[int]] | None = None) -> list[dict]:
-    """All metrics of the current model, one dict per replica (overall and per group)."""
+    """All metrics of the current model, one dict per replica (overall and per group). Without an
+    external judge only the intrinsic ones (non-unification, self-agreement with the pre-trained
+    understanding) are computed."""
 
     def one(ids, s, _start):
         images = model.sample(ids, cfg.eval_candidates, seed=_seed_arg(s))
-        return {"own": model.judge(ids, images) >= cfg.threshold, "ext": external(ids, images).bool()}
+        out = {"own": model.judge(ids, images) >= cfg.threshold}
+        if external is not None:
+            out["ext"] = external(ids, images).bool()
+        return out
 
     cur = _map_prompts(one, eval_set.prompt_ids, cfg.chunk_size, seeds, "evaluating", cfg.progress)
 
@@ -447,6 +456,9 @@ def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external
     pre_cur = _map_prompts(judge_pre, eval_set.prompt_ids, cfg.chunk_size, seeds, "re-judging", cfg.progress)["yes"]
 
     def summary(cols):
+        if external is None:
+            return {"non_unification": _metrics.non_unification(cur["own"][:, cols]),
+                    "und_agreement_with_pretrained": _metrics.accuracy(pre_cur[:, cols] == eval_set.pre_yes[:, cols])}
         return _metrics.summarise(
             cur_samples_own_yes=cur["own"][:, cols],
             cur_samples_external_yes=cur["ext"][:, cols],
@@ -566,6 +578,8 @@ def run_clo(
     generation-only training, curriculum replay (Algorithm 2) as configured, and an evaluation
     against ``external`` before training (epoch 0) and after every epoch.
 
+    ``external`` may be None where no external judge exists (real models without one): then only
+    the intrinsic metrics are reported, and the ``oracle``/``noisy`` judges are refused.
     ``train_ids``/``eval_ids`` default to every prompt of ``model.prompts``. With ``out_dir`` the run
     writes config.json, metrics.jsonl, theory.jsonl, data.safetensors and state.pt there, and
     ``resume=True`` continues from the last checkpoint (refusing a directory of another config).
@@ -577,8 +591,6 @@ def run_clo(
         raise ValueError(f"judge {cfg.judge!r} needs an external judge, and none was given")
     if cfg.grad_clip and model.replicas > 1:
         raise ValueError("grad_clip couples replicas through the global norm; use it with one replica")
-    if external is None:
-        raise ValueError("run_clo needs an external judge for its evaluation (ground truth or the best available)")
     n_prompts = len(model.prompts)
     train_ids = _ids(train_ids, n_prompts, "train_ids")
     eval_ids = _ids(eval_ids, n_prompts, "eval_ids")
@@ -731,6 +743,9 @@ def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra
         rec = {"epoch": epoch, "seed": cfg.seed + r if R > 1 else cfg.seed, "replica": r}
         rec.update(per[r])
         rec["sft_size"] = int(data.sft_size()[r])
+        if data.external_yes is not None:
+            acc = data.accepted[r]
+            rec["sft_precision"] = (data.external_yes[r] & acc).sum().item() / max(1, acc.sum().item())
         rec["discard_size"] = int(data.pool[r].sum())
         rec["replayed_prompts"] = int(data.replayed[r].sum())
         if cfg.loss == "dpo":

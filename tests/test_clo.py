@@ -184,3 +184,20 @@ def test_vectorised_replicas_equal_one_replica_runs():
             assert a["seed"] == b["seed"] == 11 + r
             for k in ("gen_acc", "non_unification", "sft_size", "win_rate", "und_fp_rate"):
                 assert a[k] == pytest.approx(b[k], abs=1e-12, nan_ok=True), (r, a["epoch"], k)
+
+
+def test_without_external_judge_only_intrinsic_metrics():
+    m = model()
+    res = run_clo(m, cfg(epochs=1), external=None)
+    rec = res.metrics[-1]
+    assert "non_unification" in rec and "gen_acc" not in rec and "sft_precision" not in rec
+    with pytest.raises(ValueError, match="needs an external judge"):
+        run_clo(m, cfg(judge="oracle"), external=None)
+
+
+def test_sft_precision_audits_the_self_judged_set():
+    m = model()
+    res = run_clo(m, cfg(epochs=0, judge="oracle"), external=m.oracle)
+    assert res.metrics[0]["sft_precision"] == 1.0
+    res = run_clo(model(), cfg(epochs=0, judge="all"), external=m.oracle)
+    assert res.metrics[0]["sft_precision"] == pytest.approx(res.data.external_yes.double().mean().item())

@@ -1,0 +1,1 @@
+"""Entry-point logic of the experiment scripts (``experiments/*.py`` only call ``main``)."""

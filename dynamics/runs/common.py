@@ -1,0 +1,27 @@
+"""What every entry point does around :func:`dynamics.clo.run_clo`: the run directory, the
+summary table, the curves."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import sys
+from pathlib import Path
+
+from dynamics.report import plot_curves, summary_table
+
+__all__ = ["default_out", "finish"]
+
+
+def default_out(name: str) -> Path:
+    """``runs/<name>/<UTC timestamp>``: a fresh directory per run unless --out names one."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / name / stamp
+
+
+def finish(records: list[dict], out: Path, *, title: str, stream=None) -> str:
+    """Print the summary table, write ``summary.txt`` and ``curves.png`` into ``out``."""
+    table = summary_table(records)
+    print(f"\n{title}\n{table}\n\nrun directory: {out}", file=stream or sys.stdout)
+    (Path(out) / "summary.txt").write_text(title + "\n" + table + "\n")
+    plot_curves({title: records}, Path(out) / "curves.png", title=title)
+    return table
