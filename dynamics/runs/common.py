@@ -9,7 +9,22 @@ from pathlib import Path
 
 from dynamics.report import plot_curves, summary_table
 
-__all__ = ["default_out", "finish"]
+__all__ = ["default_out", "finish", "clean_errors"]
+
+
+def clean_errors(fn):
+    """Run ``fn()``; report the project's known failure modes as one ``error: ...`` line and exit
+    status 2 instead of a traceback (the message already names the cause)."""
+    from dynamics.clo import EmptyTrainingSetError, NonFiniteLossError
+    from dynamics.records import ConfigMismatchError
+
+    known = (EmptyTrainingSetError, NonFiniteLossError, ConfigMismatchError, FileExistsError, ValueError,
+             FileNotFoundError, OSError)
+    try:
+        return fn()
+    except known as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def default_out(name: str) -> Path:

@@ -15,7 +15,7 @@ import torch
 
 from dynamics.cli import clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.runs.common import default_out, finish
+from dynamics.runs.common import clean_errors, default_out, finish
 
 __all__ = ["main", "build_parser", "build"]
 
@@ -74,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     except ValueError as e:
         parser.error(str(e))
     out = args.out or default_out("sim_clo")
+    return clean_errors(lambda: _run(args, cfg, out))
+
+
+def _run(args, cfg, out) -> list[dict]:
     world, model, pre = build(args)
     info = {"scale": "sim", "prompts": args.prompts, "tokens": args.tokens, "seeds": args.seeds,
             "world_seed": args.world_seed, "sharing": args.sharing, "understanding": args.understanding,
