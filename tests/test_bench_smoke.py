@@ -1,0 +1,42 @@
+"""Smoke test of the eNTK benchmark script: it runs, prints its ratio and its accuracy, and exits 0."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_entk.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+        check=False,
+    )
+
+
+def test_bench_entk_quick_prints_ratio_and_difference():
+    proc = _run("--quick")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    for name in ("loop (reference)", "torch.func jacobian", "torch.func vjp_jvp"):
+        assert name in out
+    ratio = re.search(r"speed ratio \(loop / fastest torch.func\): ([0-9.]+)x", out)
+    diff = re.search(r"max abs difference: ([0-9.e+-]+)", out)
+    assert ratio and float(ratio.group(1)) > 0
+    assert diff and float(diff.group(1)) <= 1e-10
+
+
+def test_bench_entk_help_and_bad_arguments():
+    proc = _run("--help")
+    assert proc.returncode == 0 and "--quick" in proc.stdout and "--width" in proc.stdout
+    bad = _run("--n", "0")
+    assert bad.returncode == 2 and "--n must be >= 1" in bad.stderr

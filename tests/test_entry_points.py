@@ -1,0 +1,179 @@
+"""The entry points: --help of every script, a smoke run of each scale, and the bad inputs of
+issue-level contracts (each a clear error naming the cause, raised before expensive work)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+GENEVAL = SHARED / "geneval" / "evaluation_metadata.jsonl"
+SCRIPTS = sorted((ROOT / "experiments").glob("*.py")) + sorted((ROOT / "benchmarks").glob("*.py")) + sorted(
+    (ROOT / "paper_figures").glob("*.py"))
+
+
+def run(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=kw.pop("timeout", 300), **kw)
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_every_script_documents_its_flags(script):
+    if script.name.startswith("_"):
+        pytest.skip("module, not a script")
+    r = run([script, "--help"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "usage" in r.stdout.lower()
+
+
+def full_clo(argv, out=None):
+    from dynamics.runs.full import main
+
+    return main([*map(str, argv), *(["--out", str(out)] if out else []), "--no-progress"])
+
+
+def tiny(tmp_path, *extra, prompts=None):
+    prompts = prompts or make_prompts(tmp_path)
+    return ["--model", "tiny", "--prompts", prompts, "--max-prompts", "4", "--candidates", "2", "--epochs", "1",
+            "--curriculum", "off", "--eval-candidates", "2", "--cfg-scale", "2", "--lr", "0.01", *extra]
+
+
+def make_prompts(tmp_path):
+    f = tmp_path / "color_val.txt"
+    f.write_text("a red cube\na blue ball\na green cone\na black cat\n")
+    return f
+
+
+def test_sim_clo_smoke_writes_every_record(tmp_path):
+    from dynamics.runs.sim import main
+
+    out = tmp_path / "sim"
+    recs = main(["--prompts", "16", "--tokens", "16", "--seeds", "2", "--epochs", "2", "--pretrain-steps", "30",
+                 "--track-every", "1", "--probes", "4", "--out", str(out), "--no-progress"])
+    assert {r["seed"] for r in recs} == {0, 1}
+    for name in ("config.json", "metrics.jsonl", "theory.jsonl", "curves.png", "summary.txt"):
+        assert (out / name).exists(), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"epoch", "gen_acc", "und_fp_rate", "und_fn_rate", "non_unification", "win_rate", "win_rate_n",
+            "sft_size", "discard_size", "seed"} <= set(lines[0])
+    assert len(lines) == 2 * 3
+
+
+def test_full_clo_janus_tiny_smoke(tmp_path):
+    recs = full_clo(tiny(tmp_path, "--judge", "all"), tmp_path / "run")
+    assert [r["epoch"] for r in recs] == [0, 1]
+    assert "non_unification" in recs[-1]
+
+
+def test_full_clo_resume_continues_to_the_same_records(tmp_path, monkeypatch):
+    import dynamics.clo as clo
+
+    args = tiny(tmp_path, "--judge", "all", "--epochs", "3")
+    full_clo(args, tmp_path / "a")
+    # killed at epoch 2 after its metrics were written, before its checkpoint
+    real_save = clo._save
+
+    def dying_save(run, model, opt, data, eval_set, *, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt
+        real_save(run, model, opt, data, eval_set, epoch=epoch)
+
+    monkeypatch.setattr(clo, "_save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        full_clo(args, tmp_path / "b")
+    monkeypatch.setattr(clo, "_save", real_save)
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 3
+    full_clo(args + ["--resume"], tmp_path / "b")
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+def test_malformed_prompt_file_names_file_and_line(tmp_path, capsys):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}\n'
+                 '{"tag": "single_object", "prompt": \n')
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, prompts=f))
+    err = capsys.readouterr().err
+    assert "bad.jsonl" in err and ":2" in err
+
+
+def test_unknown_tag_is_named(tmp_path, capsys):
+    f = tmp_path / "bad.jsonl"
+    f.write_text('{"tag": "single_objekt", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]}\n')
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, prompts=f))
+    assert "single_objekt" in capsys.readouterr().err
+
+
+def test_empty_prompt_set(tmp_path, capsys):
+    f = tmp_path / "color_val.txt"
+    f.write_text("\n\n")
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, prompts=f))
+    assert "empty" in capsys.readouterr().err.lower()
+
+
+def test_model_not_available_offline(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path)[2:] + ["--model", "deepseek-community/Janus-Pro-1B"])
+    err = capsys.readouterr().err
+    assert "deepseek-community/Janus-Pro-1B" in err
+
+
+def test_unknown_preset(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path)[2:] + ["--model", "janus-pro-3b-shape"])
+    assert "janus-pro-3b-shape" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag,value", [("--candidates", "0"), ("--threshold", "1.5"), ("--lr", "-1"),
+                                        ("--judge", "corrupt:1.5"), ("--external", "oracle-ish")])
+def test_invalid_flag_values(tmp_path, capsys, flag, value):
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, flag, value))
+    assert value in capsys.readouterr().err
+
+
+def test_resume_on_directory_of_another_config(tmp_path, capsys):
+    full_clo(tiny(tmp_path, "--judge", "all"), tmp_path / "r")
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, "--judge", "all", "--lr", "0.5", "--resume"), tmp_path / "r")
+    assert "lr" in capsys.readouterr().err
+
+
+def test_judge_that_accepts_nothing(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, "--threshold", "1.0"), tmp_path / "r")
+    assert "empty SFT set" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys, monkeypatch):
+    from dynamics.full.janus import JanusUnified
+
+    real = JanusUnified.image_logprob
+    calls = {"n": 0}
+
+    def poisoned(self, prompt_ids, images):
+        out = real(self, prompt_ids, images)
+        if torch.is_grad_enabled():
+            calls["n"] += 1
+            if calls["n"] > 2:  # training steps after the first two
+                return out * float("nan")
+        return out
+
+    import torch
+
+    monkeypatch.setattr(JanusUnified, "image_logprob", poisoned)
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, "--judge", "all", "--epochs", "3", "--batch-size", "2"), tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "loss is nan" in err and "checkpoint (epoch 1)" in err
+    assert torch.load(tmp_path / "r" / "state.pt", weights_only=False)["epoch"] == 1
