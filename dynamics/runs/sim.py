@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gap", type=float, default=0.3, help="pre-training gap size: share of noisy generation examples")
     g.add_argument("--pretrain-steps", type=int, default=300, help="pre-training steps (never wall time)")
     g.add_argument("--track-every", type=int, default=5, help="theory tracking every k-th training step (0 = off)")
-    g.add_argument("--probes", type=int, default=32, help="probe pairs tracked by the theory tracker")
+    g.add_argument("--probes", type=int, default=32,
+                   help="probe pairs tracked by the theory tracker (3/4 misaligned, 1/4 aligned)")
     g.add_argument("--float64", action="store_true", help="float64 parameters (theory checks)")
     return p
 
@@ -62,8 +63,9 @@ def hooks_for(args, world, model, cfg):
         return []
     from dynamics.sim.tracking import TheoryTracker
 
-    return [TheoryTracker(world, model, every=args.track_every, probes=args.probes, seed=args.seed,
-                          optimizer=cfg.optimizer)]
+    n_mis = max(1, (3 * args.probes) // 4)
+    return [TheoryTracker(world, model, every=args.track_every, n_misaligned=n_mis,
+                          n_aligned=max(1, args.probes - n_mis), seed=args.seed, config=cfg)]
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
