@@ -540,9 +540,9 @@ def batch_loss(model: UnifiedModel, cfg: CLOConfig, batch: TrainBatch) -> torch.
         return per.sum()
     lc = model.image_logprob(batch.prompt_ids, batch.chosen).to(w.dtype)
     lr = model.image_logprob(batch.prompt_ids, batch.rejected).to(w.dtype)
-    loss = _losses.dpo_loss(lc, lr, batch.ref_chosen, batch.ref_rejected, beta=cfg.beta, variant=cfg.dpo_variant)
-    if cfg.nll_weight:
-        loss = loss - cfg.nll_weight * lc / batch.chosen.shape[-1]  # per-token NLL of the chosen sample
+    loss = _losses.preference_loss(lc, lr, batch.ref_chosen, batch.ref_rejected, beta=cfg.beta,
+                                   variant=cfg.dpo_variant, nll_weight=cfg.nll_weight,
+                                   nll_tokens=batch.chosen.shape[-1])  # per-token NLL of the chosen sample
     return ((w * loss).sum((1, 2)) / count).sum()
 
 
