@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from torch import nn
 
 from dynamics.full import distributed as D
@@ -62,15 +62,8 @@ def train(module, loss_of, steps=STEPS, lr=0.5):
         opt.step()
 
 
-def _worker(rank, world, port, out_dir):
+def _worker(rank, world, out_dir):
     torch.set_num_threads(1)
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
     info = D.init_distributed(backend="gloo", timeout_s=60)
     res = {"rank": info.rank, "world": info.world_size}
 
@@ -117,21 +110,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def run_workers(tmp_path, timeout=120):
-    # DDP's constructor imports torch._dynamo (seconds); import it once here so that both forked
-    # ranks inherit it instead of each importing it
-    import torch._dynamo  # noqa: F401
-
-    # fork: the children inherit the imported modules (spawn would re-import torch in each)
-    ctx = mp.start_processes(
-        _worker, args=(WORLD, free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="fork"
-    )
-    deadline = time.monotonic() + timeout
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail("the 2-process run did not finish in time")
+def run_workers(tmp_path, timeout=180):
+    """Launch this file under torchrun with 2 CPU processes (a fresh interpreter each: forking from
+    a test runner that holds threads can deadlock)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
+           "127.0.0.1", "--master_port", str(free_port()), __file__, str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the 2-process run did not finish in time")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
 
 
@@ -268,3 +257,7 @@ def test_accelerate_configs_parse(name, kind):
         assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
     if kind == "DEEPSPEED":
         assert cfg.deepspeed_config["zero_stage"] == 3
+
+
+if __name__ == "__main__":  # one rank, launched by torchrun from run_workers
+    _worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), sys.argv[1])
