@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--sample-batch-size", type=int, default=0, help="rows (prompt, candidate) per sampler call (0 = all)")
     j.add_argument("--judge-batch-size", type=int, default=16, help="images per understanding forward")
     j.add_argument("--logprob-batch-size", type=int, default=0, help="rows per teacher-forced forward (0 = all)")
+    j.add_argument("--gradient-checkpointing", action="store_true",
+                   help="recompute LLM activations in backward (less memory; use for 1B/7B)")
     j.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="model dtype")
     j.add_argument("--device", default=None, help="device (default: cuda if available, else cpu; per rank under "
                                                   "torchrun)")
@@ -243,7 +245,8 @@ def run_janus(args, cfg: CLOConfig, out: Path) -> list[dict]:
     model = JanusUnified.from_pretrained(
         args.model, prompts, dtype=_dtype(args.precision), device=device, seed=cfg.seed, sampling=sampling,
         judge=judge_cfg, cfg_mode=args.cfg_mode, scope=args.scope, lora_rank=args.lora_rank,
-        logprob_batch_size=args.logprob_batch_size or None, progress=not args.no_progress)
+        logprob_batch_size=args.logprob_batch_size or None, gradient_checkpointing=args.gradient_checkpointing,
+        progress=not args.no_progress)
     if info.world_size > 1:
         model.module = wrap_ddp(model.module)
     external = make_external(args, model, prompts)
