@@ -22,10 +22,10 @@ run: setup
 	$(PY) experiments/full_clo.py $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -m "not slow" -n 2 $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n 2 --nbmake tests dynamics notebooks $(PYTEST_ARGS)
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m slow tests dynamics $(PYTEST_ARGS)
 
 bench: setup
 	for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -36,17 +36,22 @@ class ConfigMismatchError(ValueError):
 
 def versions() -> dict[str, str]:
     """Versions of the packages that decide a run's numbers."""
-    import numpy
-    import transformers
+    from importlib.metadata import PackageNotFoundError, version
 
     from dynamics import __version__
+
+    def v(name):  # from package metadata: importing transformers only for its version costs seconds
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
 
     return {
         "dynamics": __version__,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "numpy": numpy.__version__,
+        "transformers": v("transformers"),
+        "numpy": v("numpy"),
         "platform": platform.platform(),
     }
 

@@ -1,0 +1,135 @@
+"""Benchmark: N seeds of the simulator vectorised in one process against a Python loop over seeds.
+
+Both sides run the whole simulator pipeline of ``experiments/sim_clo.py`` (pre-training, then CLO
+with the self judge, its defaults: P = V = 64, 8 candidates, 20 epochs of plain SGD, no theory
+tracking): once with ``R = N`` replicas side by side (seeds ``seed .. seed + N - 1``), once as N
+one-replica runs, one per seed. The vectorised replica r must reproduce the one-replica run with
+seed ``seed + r``: the per-epoch metrics and the final parameters are compared (allclose), and the
+script exits with status 1 if they differ.
+
+    python benchmarks/bench_sim_seeds.py            # N = 8 seeds, full size, best of 3
+    python benchmarks/bench_sim_seeds.py --quick    # a seconds-long smoke run
+
+Target: speed ratio (loop / vectorised) >= 5. A missed speed target is printed, not fatal
+(timings depend on the machine); a result mismatch is fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+
+import torch
+
+from dynamics.clo import run_clo
+from dynamics.runs.sim import SIM_DEFAULTS
+from dynamics.sim import SimModel, SimWorld, pretrain
+
+SPEED_TARGET = 5.0
+METRICS = ("gen_acc", "non_unification", "win_rate", "und_fp_rate", "sft_size", "discard_size")
+
+
+def pipeline(
+    world: SimWorld, *, replicas: int, seed: int, args
+) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """Pre-train ``replicas`` models (seeds seed..seed+replicas-1), run CLO; records, final parameters."""
+    dtype = torch.float64 if args.float64 else torch.float32
+    model = SimModel(world, replicas=replicas, seed=seed, dtype=dtype)
+    pretrain(world, model, steps=args.pretrain_steps, seed=seed)
+    cfg = SIM_DEFAULTS.__class__(
+        **{**SIM_DEFAULTS.to_dict(), "epochs": args.epochs, "seed": seed, "progress": False}
+    )
+    res = run_clo(model, cfg, external=world.oracle)
+    return res.metrics, {k: v.detach().clone() for k, v in model.named_parameters()}  # (R, ...) each
+
+
+def compare(vec: tuple, loop: list[tuple], *, seeds: int, rtol: float, atol: float) -> list[str]:
+    """Differences between replica r of the vectorised run and the r-th one-replica run."""
+    problems = []
+    recs, params = vec
+    for r, (one_recs, one_params) in enumerate(loop):
+        mine = [m for m in recs if m["replica"] == r]
+        if len(mine) != len(one_recs):
+            problems.append(f"seed {r}: {len(mine)} records vectorised, {len(one_recs)} looped")
+            continue
+        for a, b in zip(mine, one_recs):
+            for k in METRICS:
+                x, y = a.get(k), b.get(k)
+                if x is None and y is None:
+                    continue
+                if x is None or y is None or not math.isclose(x, y, rel_tol=rtol, abs_tol=atol):
+                    problems.append(f"seed {r} epoch {a['epoch']} {k}: vectorised {x} vs looped {y}")
+        for name, t in one_params.items():
+            if not torch.allclose(params[name][r : r + 1], t, rtol=rtol, atol=atol):
+                err = float((params[name][r : r + 1] - t).abs().max())
+                problems.append(f"seed {r} parameter {name}: max abs difference {err:.3g}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description="Simulator seeds vectorised in one process vs a Python loop over seeds.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--seeds", type=int, default=8, help="N seeds")
+    p.add_argument("--prompts", type=int, default=64, help="P = V")
+    p.add_argument("--epochs", type=int, default=20, help="CLO epochs")
+    p.add_argument("--pretrain-steps", type=int, default=300, help="pre-training steps")
+    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument(
+        "--float64", action="store_true", help="float64 parameters (float32 by default, as sim_clo.py)"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--repeat", type=int, default=3, help="timings are the best of this many runs")
+    p.add_argument(
+        "--quick", action="store_true", help="a seconds-long smoke run (P = V = 16, 4 seeds, 3 epochs)"
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seeds, args.prompts, args.epochs, args.pretrain_steps, args.repeat = 4, 16, 3, 30, 1
+    for name in ("seeds", "prompts", "epochs", "pretrain_steps", "threads", "repeat"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    torch.set_num_threads(args.threads)
+    world = SimWorld(args.prompts, args.prompts, seed=0)
+    pipeline(
+        world,
+        replicas=1,
+        seed=args.seed,
+        args=argparse.Namespace(**{**vars(args), "epochs": 1, "pretrain_steps": 2}),
+    )  # warm-up
+
+    t_vec, t_loop = math.inf, math.inf
+    for _ in range(args.repeat):  # best of `repeat`: the least disturbed by other load on the machine
+        start = time.perf_counter()
+        vec = pipeline(world, replicas=args.seeds, seed=args.seed, args=args)
+        t_vec = min(t_vec, time.perf_counter() - start)
+        start = time.perf_counter()
+        loop = [pipeline(world, replicas=1, seed=args.seed + r, args=args) for r in range(args.seeds)]
+        t_loop = min(t_loop, time.perf_counter() - start)
+
+    tol = 1e-9 if args.float64 else 1e-4
+    problems = compare(vec, loop, seeds=args.seeds, rtol=tol, atol=tol)
+    ratio = t_loop / t_vec
+    print(
+        f"simulator pipeline (pre-training + CLO), P = V = {args.prompts}, {args.epochs} epochs, "
+        f"{args.seeds} seeds, {torch.get_num_threads()} thread(s), "
+        f"{'float64' if args.float64 else 'float32'}"
+    )
+    print(f"  vectorised (R = {args.seeds}, one process)  {t_vec:8.2f} s")
+    print(f"  loop over seeds (R = 1 each)        {t_loop:8.2f} s")
+    print(
+        f"speed ratio (loop / vectorised): {ratio:.1f}x   (target >= {SPEED_TARGET:g}x: "
+        f"{'met' if ratio >= SPEED_TARGET else 'MISSED'})"
+    )
+    print(f"same results: {'yes' if not problems else 'NO'} (metrics and parameters, rtol = atol = {tol:g})")
+    if problems:
+        print("\n".join(problems[:20]), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
