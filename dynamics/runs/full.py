@@ -134,7 +134,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 def toy_model(args, seed: int):
     """The pre-trained toy model for ``seed`` (from the cache when present), gap checked."""
-    from dynamics.toy import GapError, ToyConfig, check_gap, pretrain
+    from dynamics.toy.model import ToyConfig
+    from dynamics.toy.pretrain import GapError, check_gap, pretrain
 
     overrides = {"sharing": args.sharing}
     if args.gen_noise is not None:
