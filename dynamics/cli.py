@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from dynamics.clo import CLOConfig
 
-__all__ = ["clo_parser", "parse_args", "clo_config", "CLO_HELP"]
+__all__ = ["CLO_HELP", "clo_config", "clo_parser", "parse_args"]
 
 CLO_HELP = {
     "candidates": "N images sampled per prompt (Algorithm 1; paper: 10)",

@@ -25,8 +25,9 @@ import hashlib
 import logging
 import math
 import warnings
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -41,14 +42,14 @@ __all__ = [
     "CLOConfig",
     "CLOData",
     "CLOResult",
-    "StepHook",
-    "NonFiniteLossError",
     "EmptyTrainingSetError",
+    "NonFiniteLossError",
+    "StepHook",
     "build_data",
-    "replay",
     "evaluate",
-    "run_clo",
     "parse_curriculum",
+    "replay",
+    "run_clo",
 ]
 
 log = logging.getLogger(__name__)
@@ -276,7 +277,7 @@ def _generators(seeds: list[int]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(s) for s in seeds]
 
 
-def replica_seeds(cfg: "CLOConfig", replicas: int, *tags: int) -> list[int]:
+def replica_seeds(cfg: CLOConfig, replicas: int, *tags: int) -> list[int]:
     """Seeds of replica r = derived from ``cfg.seed + r`` and ``tags``: replica r of a vectorised run
     sees exactly the randomness of a one-replica run with seed ``cfg.seed + r``."""
     return [_derive(cfg.seed + r, *tags) for r in range(replicas)]
@@ -521,7 +522,7 @@ def _train_batch(data: CLOData, cfg: CLOConfig, cols: torch.Tensor, member: torc
         return TrainBatch("sft", ids, w.to(torch.float64).to(device), images=data.images[:, cols].to(device))
     R, _, _, M = data.images.shape
     imgs = data.images[:, cols]
-    pick = lambda idx: imgs.gather(2, idx[:, cols][..., None, None].expand(R, len(cols), 1, M)).to(device)  # noqa: E731
+    pick = lambda idx: imgs.gather(2, idx[:, cols][..., None, None].expand(R, len(cols), 1, M)).to(device)
     w = (data.pair[:, cols] & member)[..., None]
     return TrainBatch("dpo", ids, w.to(torch.float64).to(device),
                       chosen=pick(data.chosen), rejected=pick(data.rejected),

@@ -31,12 +31,12 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
-__all__ = ["Judge", "parse_judge", "JUDGE_KINDS"]
+__all__ = ["JUDGE_KINDS", "Judge", "parse_judge"]
 
 JUDGE_KINDS = ("self", "oracle", "external", "all", "noisy", "corrupt")
 

@@ -30,15 +30,15 @@ import math
 import torch
 
 __all__ = [
-    "non_unification",
-    "weak_generation_attribution",
-    "win_rate",
-    "false_positive_rate",
-    "false_negative_rate",
     "accuracy",
+    "false_negative_rate",
+    "false_positive_corrections",
+    "false_positive_rate",
+    "non_unification",
     "rate",
     "summarise",
-    "false_positive_corrections",
+    "weak_generation_attribution",
+    "win_rate",
 ]
 
 

@@ -42,15 +42,16 @@ Example (the protocol is structural: any object with these members conforms)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 
 __all__ = [
+    "ExternalJudge",
     "PromptSet",
     "UnifiedModel",
-    "ExternalJudge",
     "check_images",
 ]
 
@@ -88,7 +89,7 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, ids) -> "PromptSet":
+    def subset(self, ids) -> PromptSet:
         """The prompts at ``ids`` (a sequence of ints), as a new set."""
         ids = [int(i) for i in ids]
         return PromptSet(

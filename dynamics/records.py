@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["RunDir", "versions", "to_jsonable", "ConfigMismatchError"]
+__all__ = ["ConfigMismatchError", "RunDir", "to_jsonable", "versions"]
 
 
 class ConfigMismatchError(ValueError):

@@ -10,10 +10,10 @@ Works on the records of ``metrics.jsonl`` (one dict per replica and epoch), at e
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
-__all__ = ["aggregate", "group_value", "summary_table", "plot_curves", "mean_se"]
+__all__ = ["aggregate", "group_value", "mean_se", "plot_curves", "summary_table"]
 
 CURVE_KEYS = ("gen_acc", "win_rate", "non_unification", "und_fp_rate")
 LABELS = {

@@ -39,7 +39,7 @@ class TableModel(torch.nn.Module):
                                             tags=["even" if i % 2 == 0 else "odd" for i in range(gen.shape[1])])
 
     @classmethod
-    def random(cls, *, prompts: int, tokens: int, replicas: int = 1, seed: int = 0) -> "TableModel":
+    def random(cls, *, prompts: int, tokens: int, replicas: int = 1, seed: int = 0) -> TableModel:
         g = torch.Generator().manual_seed(seed)
         aligned = torch.rand(prompts, tokens, generator=g) < 0.3
         aligned[torch.arange(prompts), torch.randint(0, tokens, (prompts,), generator=g)] = True

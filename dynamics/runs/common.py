@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dynamics.report import plot_curves, summary_table
 
-__all__ = ["default_out", "finish", "clean_errors"]
+__all__ = ["clean_errors", "default_out", "finish"]
 
 
 def clean_errors(fn):
@@ -36,6 +36,7 @@ def default_out(name: str) -> Path:
 def finish(records: list[dict], out: Path, *, title: str, stream=None) -> str:
     """Print the summary table, write ``summary.txt`` and ``curves.png`` into ``out``."""
     table = summary_table(records)
+    Path(out).mkdir(parents=True, exist_ok=True)
     print(f"\n{title}\n{table}\n\nrun directory: {out}", file=stream or sys.stdout)
     (Path(out) / "summary.txt").write_text(title + "\n" + table + "\n")
     plot_curves({title: records}, Path(out) / "curves.png", title=title)

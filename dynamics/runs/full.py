@@ -15,17 +15,16 @@ import argparse
 import dataclasses
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from dynamics.cli import clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.report import plot_curves, summary_table
-from dynamics.runs.common import clean_errors, default_out
+from dynamics.runs.common import clean_errors, default_out, finish
 
-__all__ = ["main", "build_parser", "TOY_DEFAULTS"]
+__all__ = ["TOY_DEFAULTS", "build_parser", "main"]
 
 # The toy default: one self-judged round, curriculum replay after the model improved; Adam as in
 # the calibration run (plain SGD, the theory's setting, is --optimizer sgd).
@@ -180,7 +179,7 @@ def run_toy(args, cfg: CLOConfig, out: Path) -> list[dict]:
     elapsed = time.perf_counter() - t0
     title = (f"toy world: judge={cfg.judge} loss={cfg.loss} sharing={args.sharing} curriculum={cfg.curriculum} "
              f"({args.seeds} seed{'s' if args.seeds > 1 else ''}, {elapsed:.0f} s)")
-    _finish(all_records, out, title)
+    finish(all_records, out, title=title)
     return all_records
 
 
@@ -192,14 +191,6 @@ def _show_ids(prompts, per_tag: int = 1) -> torch.Tensor:
             seen[tag] = seen.get(tag, 0) + 1
             ids.append(i)
     return torch.tensor(ids)
-
-
-def _finish(records: list[dict], out: Path, title: str) -> None:
-    table = summary_table(records)
-    print(f"\n{title}\n{table}\n\nrun directory: {out}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.txt").write_text(title + "\n" + table + "\n")
-    plot_curves({title.split(":")[0]: records}, out / "curves.png", title=title)
 
 
 # ----------------------------------------------------------------------------------------------- Janus
@@ -271,7 +262,7 @@ def run_janus(args, cfg: CLOConfig, out: Path) -> list[dict]:
     if args.save_images and info.rank == 0:
         model.save_images(show, model.sample(show, 2, seed=cfg.seed), out / "samples_after")
     if info.rank == 0:
-        _finish(result.metrics, out, f"{args.model}: judge={cfg.judge} loss={cfg.loss} scope={args.scope}")
+        finish(result.metrics, out, title=f"{args.model}: judge={cfg.judge} loss={cfg.loss} scope={args.scope}")
     return result.metrics
 
 

@@ -9,7 +9,7 @@ config.json, metrics.jsonl (one line per seed and epoch), theory.jsonl, curves.p
 from __future__ import annotations
 
 import argparse
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from dynamics.cli import clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import clean_errors, default_out, finish
 
-__all__ = ["main", "build_parser", "build"]
+__all__ = ["build", "build_parser", "main"]
 
 SIM_DEFAULTS = CLOConfig(candidates=8, epochs=20, lr=0.5, batch_size=16, eval_candidates=16, chunk_size=64)
 
