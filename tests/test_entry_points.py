@@ -177,3 +177,13 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, capsys, monkeypatch)
     err = capsys.readouterr().err
     assert "loss is nan" in err and "checkpoint (epoch 1)" in err
     assert torch.load(tmp_path / "r" / "state.pt", weights_only=False)["epoch"] == 1
+
+
+def test_toy_main_path_stops_clearly_without_a_gap(tmp_path, capsys):
+    """The no-argument main job's path: pre-training (tiny, a few steps) and the gap check, which
+    must stop a model whose understanding is at chance before any CLO work."""
+    with pytest.raises(SystemExit) as stop:
+        full_clo(["--toy-preset", "tiny", "--pretrain-steps", "5", "--epochs", "2",
+                  "--cache-dir", tmp_path / "cache"], tmp_path / "run")
+    assert "lacks the internal gap" in str(stop.value.code)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
