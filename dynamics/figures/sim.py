@@ -847,6 +847,14 @@ def plot_corrupt_scan(
     return fig
 
 
+
+def _pair_bars(ax, vals, labels, title):
+    """Two bars of (mean, standard error, n) values, red against grey."""
+    ax.bar([0, 1], [v[0] for v in vals], yerr=[0.0 if math.isnan(v[1]) else v[1] for v in vals],
+           color=["C3", "C7"], capsize=3)
+    ax.set_xticks([0, 1], labels)
+    ax.set_title(title, fontsize=9)
+
 def plot_fp_correction(
     analysis: Sequence[dict],
     ratios: dict[str, list[float]],
@@ -895,28 +903,10 @@ def plot_fp_correction(
     ax = axes[2]
     cs = mean_se(a["corrected_similarity"] for a in analysis)
     rs = mean_se(a["random_similarity"] for a in analysis)
-    vals = [cs, rs]
-    ax.bar(
-        [0, 1],
-        [v[0] for v in vals],
-        yerr=[0.0 if math.isnan(v[1]) else v[1] for v in vals],
-        color=["C3", "C7"],
-        capsize=3,
-    )
-    ax.set_xticks([0, 1], ["FP corrected", "random"])
-    ax.set_title("similarity to nearest training prompt", fontsize=9)
+    _pair_bars(ax, [cs, rs], ["FP corrected", "random"], "similarity to nearest training prompt")
     if rates:
-        ax = axes[3]
-        vals = [mean_se(rates["trained"]), mean_se(rates["held_out"])]
-        ax.bar(
-            [0, 1],
-            [v[0] for v in vals],
-            yerr=[0.0 if math.isnan(v[1]) else v[1] for v in vals],
-            color=["C3", "C7"],
-            capsize=3,
-        )
-        ax.set_xticks([0, 1], ["trained prompts", "held-out prompts"])
-        ax.set_title("share of false positives corrected", fontsize=9)
+        _pair_bars(axes[3], [mean_se(rates["trained"]), mean_se(rates["held_out"])],
+                   ["trained prompts", "held-out prompts"], "share of false positives corrected")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
