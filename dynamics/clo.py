@@ -351,18 +351,21 @@ def _make_pairs(model, cfg, data: CLOData, rows: torch.Tensor) -> None:
     cols = rows.any(0).nonzero().flatten()
     if len(cols) == 0:
         return
-    R = acc.shape[0]
+    device = _device(model)
     for s in range(0, len(cols), cfg.chunk_size):
         c = cols[s : s + cfg.chunk_size]
-        imgs = data.images[:, c]  # (R, b, N, M)
-        idx_c = data.chosen[:, c][..., None, None].expand(R, len(c), 1, imgs.shape[-1])
-        idx_r = data.rejected[:, c][..., None, None].expand(R, len(c), 1, imgs.shape[-1])
         with torch.no_grad():
-            lc = model.image_logprob(data.prompt_ids[c], imgs.gather(2, idx_c).to(_device(model)))[..., 0]
-            lr = model.image_logprob(data.prompt_ids[c], imgs.gather(2, idx_r).to(_device(model)))[..., 0]
+            lc = model.image_logprob(data.prompt_ids[c], _candidate(data, data.chosen, c).to(device))[..., 0]
+            lr = model.image_logprob(data.prompt_ids[c], _candidate(data, data.rejected, c).to(device))[..., 0]
         sel = rows[:, c]
         data.ref_chosen[:, c] = torch.where(sel, lc.double().cpu(), data.ref_chosen[:, c])
         data.ref_rejected[:, c] = torch.where(sel, lr.double().cpu(), data.ref_rejected[:, c])
+
+
+def _candidate(data: CLOData, index: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """The candidate ``index[r, p]`` of each replica r and prompt column p in ``cols``: (R, b, 1, M)."""
+    R, _, _, M = data.images.shape
+    return data.images[:, cols].gather(2, index[:, cols][..., None, None].expand(R, len(cols), 1, M))
 
 
 def _device(model) -> torch.device:
@@ -520,12 +523,10 @@ def _train_batch(data: CLOData, cfg: CLOConfig, cols: torch.Tensor, member: torc
     if cfg.loss == "sft":
         w = data.accepted[:, cols] & member[..., None]
         return TrainBatch("sft", ids, w.to(torch.float64).to(device), images=data.images[:, cols].to(device))
-    R, _, _, M = data.images.shape
-    imgs = data.images[:, cols]
-    pick = lambda idx: imgs.gather(2, idx[:, cols][..., None, None].expand(R, len(cols), 1, M)).to(device)
     w = (data.pair[:, cols] & member)[..., None]
     return TrainBatch("dpo", ids, w.to(torch.float64).to(device),
-                      chosen=pick(data.chosen), rejected=pick(data.rejected),
+                      chosen=_candidate(data, data.chosen, cols).to(device),
+                      rejected=_candidate(data, data.rejected, cols).to(device),
                       ref_chosen=data.ref_chosen[:, cols, None].to(device),
                       ref_rejected=data.ref_rejected[:, cols, None].to(device))
 
