@@ -18,7 +18,7 @@ from dynamics.testing import TableModel
 
 
 def cfg(**kw):
-    base = dict(candidates=6, epochs=3, lr=0.5, seed=0, eval_candidates=6, batch_size=4, progress=False)
+    base = {"candidates": 6, "epochs": 3, "lr": 0.5, "seed": 0, "eval_candidates": 6, "batch_size": 4, "progress": False}
     base.update(kw)
     return CLOConfig(**base)
 

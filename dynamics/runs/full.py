@@ -23,13 +23,13 @@ import torch
 from dynamics.cli import clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import clean_errors, default_out, finish
+from dynamics.toy.study import TOY_CLO
 
 __all__ = ["TOY_DEFAULTS", "build_parser", "main"]
 
-# The toy default: one self-judged round, curriculum replay after the model improved; Adam as in
-# the calibration run (plain SGD, the theory's setting, is --optimizer sgd).
-TOY_DEFAULTS = CLOConfig(candidates=8, epochs=4, lr=1e-4, optimizer="adam", batch_size=16, eval_candidates=8,
-                         curriculum="epochs:2", chunk_size=512)
+# The toy default (one self-judged round, curriculum replay after the model improved; Adam as in the
+# calibration run; plain SGD, the theory's setting, is --optimizer sgd).
+TOY_DEFAULTS = TOY_CLO
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gap size: share of generation pre-training targets replaced by hard negatives")
     t.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DYNAMICS_CACHE", "cache/toy")),
                    help="pre-trained checkpoint cache (env DYNAMICS_CACHE)")
+    t.add_argument("--understanding", default="head", choices=["head", "bayes"],
+                   help="head: the trained yes/no answer; bayes: understanding read from the generator through the "
+                        "Bayes link (posterior of the prompt against its hard negatives; dynamics.toy.bayes)")
     t.add_argument("--train-on", default="all", choices=["all", "train", "heldout"],
                    help="toy prompts CLO trains on (evaluation always covers every prompt)")
     return p
@@ -143,6 +146,11 @@ def toy_model(args, seed: int):
     model = pretrain(config, steps=args.pretrain_steps, seed=seed, cache_dir=args.cache_dir,
                      progress=not args.no_progress)
     model.eval()
+    if args.understanding == "bayes":
+        from dynamics.toy.bayes import BayesLinked
+
+        model = BayesLinked(model, seed=seed)
+        model.calibrate(seed=seed)
     try:
         report = check_gap(model, seed=seed)
     except GapError as e:
@@ -166,6 +174,7 @@ def run_toy(args, cfg: CLOConfig, out: Path) -> list[dict]:
         show = _show_ids(model.prompts)
         before = model.sample(show, 6, seed=s)
         info = {"scale": "toy", "toy_config": model.config.to_dict(), "sharing": args.sharing,
+                "understanding": args.understanding, "bayes_offset": getattr(model, "offset", None),
                 "pretrain": {k: v for k, v in model.pretrain_info.items() if k != "loss_curve"},
                 "gap_report": gap, "train_on": args.train_on}
         result = run_clo(model, dataclasses.replace(cfg, seed=s), external=world.external_judge(), train_ids=ids,
@@ -178,7 +187,8 @@ def run_toy(args, cfg: CLOConfig, out: Path) -> list[dict]:
                    marks=judge(show, imgs)[0])
         all_records.extend(result.metrics)
     elapsed = time.perf_counter() - t0
-    title = (f"toy world: judge={cfg.judge} loss={cfg.loss} sharing={args.sharing} curriculum={cfg.curriculum} "
+    title = (f"toy world: judge={cfg.judge} loss={cfg.loss} sharing={args.sharing} understanding={args.understanding} "
+             f"curriculum={cfg.curriculum} "
              f"({args.seeds} seed{'s' if args.seeds > 1 else ''}, {elapsed:.0f} s)")
     finish(all_records, out, title=title)
     return all_records

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from filelock import FileLock
 from tqdm.auto import tqdm
 
 from dynamics.toy.model import ToyConfig, ToyModel
@@ -251,20 +252,28 @@ def pretrain(config: ToyConfig | None = None, *, steps: int | None = None, seed:
 
     With ``cache_dir`` the checkpoint is stored as ``toy-<hash>.safetensors`` + ``.json`` (the hash of
     config, steps and seed: :func:`cache_key`) and reused by later calls. ``model.pretrain_info``
-    records steps, seed, wall time, the loss curve and whether the cache was hit.
+    records steps, seed, wall time, the loss curve and whether the cache was hit. Concurrent calls
+    for the same checkpoint pre-train once (a file lock beside it); the others load the result.
     """
     config = config or ToyConfig()
     steps = config.steps if steps is None else int(steps)
     if steps < 0:
         raise ValueError(f"pretrain: steps must be >= 0, got {steps}")
-    stem = None
-    if cache_dir is not None:
-        stem = Path(cache_dir) / f"toy-{cache_key(config, steps, seed)}"
+    if cache_dir is None:
+        return _pretrain(config, steps, seed, None, progress)
+    stem = Path(cache_dir) / f"toy-{cache_key(config, steps, seed)}"
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    # one process pre-trains, concurrent ones (parallel seeds, test workers) wait and load its checkpoint
+    with FileLock(str(stem.with_suffix(".lock"))):
         if stem.with_suffix(".json").exists() and stem.with_suffix(".safetensors").exists():
             model = load_checkpoint(stem)
             model.pretrain_info["cache_hit"] = True
             model.pretrain_info["path"] = str(stem.with_suffix(".safetensors"))
             return model
+        return _pretrain(config, steps, seed, stem, progress)
+
+
+def _pretrain(config: ToyConfig, steps: int, seed: int, stem: Path | None, progress: bool) -> ToyModel:
     t0 = time.perf_counter()
     model = ToyModel(config, seed=seed)
     model.train()

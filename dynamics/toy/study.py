@@ -170,7 +170,8 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 
 def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2), batch_prompts: int = 16,
-                   n_probes: int = 24, candidates: int = 8, seed: int = 0, judge: str = "self") -> list[dict]:
+                   n_probes: int = 24, candidates: int = 8, seed: int = 0, judge: str = "self",
+                   threshold: float = 0.5) -> list[dict]:
     """Measured against predicted one-step change of probe log-probabilities (finding 3).
 
     In float64 on a copy of ``model``: Algorithm 1 builds self-judged SFT data (``candidates`` per
@@ -182,13 +183,16 @@ def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2,
     are enough. The prediction is ``lr * <grad log p(o), -grad L>`` from
     :func:`dynamics.kernels.first_order_probe`. Returns one row per (lr, branch, probe) with
     ``measured``, ``predicted`` and the probe's ``kind`` (``fp``, ``tp``, ``tn``, ``fn`` against the
-    exact detector).
+    exact detector). ``threshold``: the judge's acceptance threshold.
+
+    transformers' eager attention takes its softmax in float32 even in a float64 model, so the
+    relative error has a floor of about 0.2 % at the smallest steps instead of falling as lr.
     """
     from dynamics.clo import batch_loss
 
     m = copy.deepcopy(model).double().eval()
     cfg = dataclasses.replace(TOY_CLO, candidates=candidates, judge=judge, batch_size=batch_prompts, optimizer="sgd",
-                              seed=seed, progress=False, audit=False)
+                              seed=seed, progress=False, audit=False, threshold=threshold)
     n = len(m.prompts)
     g = torch.Generator().manual_seed(seed)
     order = torch.randperm(n, generator=g)
@@ -203,7 +207,7 @@ def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2,
     # Probes: the model's own samples on prompts outside the batch, judged by both judges.
     others = torch.tensor([i for i in order.tolist() if i not in trained])
     x = m.sample(others, 4, seed=seed + 1)
-    own = (m.judge(others, x)[0] >= 0.5)
+    own = (m.judge(others, x)[0] >= threshold)
     ext = m.world.external_judge()(others, x)[0].bool()
     kind = torch.where(own, torch.where(ext, 1, 0), torch.where(ext, 3, 2))  # 0 fp, 1 tp, 2 tn, 3 fn
     names = ("fp", "tp", "tn", "fn")
