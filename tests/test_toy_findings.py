@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamics.figures.sim import change, paired_difference
+from dynamics.figures.sim import paired_difference
 from dynamics.figures.toy import study
 from dynamics.toy.study import TOY_CLO, ToySize, one_step_check, one_step_summary, pretrained_model
 
