@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TARGET_S = 300.0
 QUICK = ["--toy-preset", "tiny", "--pretrain-steps", "5", "--epochs", "1", "--candidates", "2",
-         "--eval-candidates", "2", "--judge", "all", "--curriculum", "off"]
+         "--eval-candidates", "2", "--judge", "all", "--curriculum", "off", "--no-gap-check"]
 
 
 def check_run(out: Path, epochs: int) -> list[str]:
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Wall time of the default experiments/full_clo.py run (toy world), "
                                             "with an empty and with a warm checkpoint cache.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny preset, 5 pre-training steps)")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny preset, 5 pre-training steps, no gap check)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS of the runs")
     p.add_argument("extra", nargs="*", help="flags passed to full_clo.py (after --)")
     args = p.parse_args(argv)

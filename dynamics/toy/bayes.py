@@ -143,9 +143,9 @@ class BayesLinked(nn.Module):
         return self.forward(torch.tensor([int(prompt_id)]), image.view(1, 1, 1, -1), what).reshape(())
 
     @torch.no_grad()
-    def calibrate(self, *, seed: int = 0, prompt_ids=None) -> dict:
-        """Set ``offset`` to the midpoint threshold of best balanced accuracy on balanced probes (a
-        canonical scene and a hard negative for each pre-training prompt); return what it found."""
+    def _probes(self, seed: int, prompt_ids):
+        """``(pmi, truth)`` on balanced probes: a canonical scene and a hard negative per prompt (the
+        pre-training prompts by default)."""
         ps, w = self.prompts, self.world
         ids = torch.as_tensor(w.split_ids()[0] if prompt_ids is None else prompt_ids).long()
         rng = random.Random(seed)
@@ -153,13 +153,27 @@ class BayesLinked(nn.Module):
                    w.canonical_scene(w.perturb(ps.meta[i]["spec"], rng), rng)] for i in ids.tolist()]
         probes = torch.tensor(scenes).unsqueeze(0)
         truth = w.external_judge()(ids, probes)[0].bool().flatten()
-        pmi = self.pmi(ids, probes)[0].flatten().double()
-        order = torch.sort(pmi).values
-        cuts = torch.cat([order[:1] - 1, (order[1:] + order[:-1]) / 2, order[-1:] + 1])
+        return self.pmi(ids, probes)[0].flatten().double(), truth
+
+    @staticmethod
+    def _balanced(pmi: torch.Tensor, truth: torch.Tensor, cuts: torch.Tensor) -> torch.Tensor:
         yes = pmi[None, :] > cuts[:, None]
         tpr = (yes & truth).sum(1) / truth.sum().clamp(min=1)
         tnr = (~yes & ~truth).sum(1) / (~truth).sum().clamp(min=1)
-        bal = (tpr + tnr) / 2
+        return (tpr + tnr) / 2
+
+    def probe_accuracy(self, *, seed: int = 0, prompt_ids=None) -> float:
+        """Balanced accuracy of the current ``offset`` on the calibration probes."""
+        pmi, truth = self._probes(seed, prompt_ids)
+        return float(self._balanced(pmi, truth, torch.tensor([self.offset], dtype=pmi.dtype))[0])
+
+    def calibrate(self, *, seed: int = 0, prompt_ids=None) -> dict:
+        """Set ``offset`` to the midpoint threshold of best balanced accuracy on balanced probes (a
+        canonical scene and a hard negative for each pre-training prompt); return what it found."""
+        pmi, truth = self._probes(seed, prompt_ids)
+        order = torch.sort(pmi).values
+        cuts = torch.cat([order[:1] - 1, (order[1:] + order[:-1]) / 2, order[-1:] + 1])
+        bal = self._balanced(pmi, truth, cuts)
         best = int(torch.argmax(bal))
         self.offset = float(cuts[best])
         return {"offset": self.offset, "balanced_accuracy": float(bal[best]), "probes": len(pmi)}
