@@ -40,10 +40,10 @@ from dynamics.figures.sim import _plt, change, paired_difference, save_figure, w
 from dynamics.toy.study import (
     ToySize,
     category_table,
+    judge_study,
     one_step_check,
     one_step_summary,
     pretrained_model,
-    run_arms,
 )
 from dynamics.toy.world import CATEGORIES
 
@@ -54,7 +54,6 @@ __all__ = [
     "figure_toy_judges",
     "figure_toy_recipes",
     "figure_toy_sharing",
-    "linked_model",
     "main",
     "study",
 ]
@@ -75,37 +74,12 @@ def _quick(size: ToySize) -> bool:
     return size.preset == "tiny"
 
 
-def linked_model(size: ToySize, seed: int, *, sharing: str = "full", understanding: str = "head"):
-    """The pre-trained model of ``seed`` with its understanding read by the trained head (``"head"``)
-    or through the Bayes link (``"bayes"``, offset calibrated), gap checked (except at quick size)."""
-    from dynamics.toy.bayes import BayesLinked
-    from dynamics.toy.pretrain import check_gap
-
-    check = not _quick(size)
-    model = pretrained_model(size, seed, sharing=sharing, check=check and understanding == "head")
-    if understanding == "head":
-        return model
-    if understanding != "bayes":
-        raise ValueError(f"understanding must be 'head' or 'bayes', got {understanding!r}")
-    linked = BayesLinked(model, seed=seed)
-    linked.calibrate(seed=seed)
-    if check:
-        check_gap(linked, seed=seed)
-    return linked
-
-
 def study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
           clo_overrides: dict | None = None) -> dict[str, list[dict]]:
-    """Every judge's arm on every seed of ``size`` (one pre-trained model per seed shared by its
-    arms); ``{judge: records of all seeds}``."""
-    torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
-    arms: dict[str, list[dict]] = {j: [] for j in judges}
-    for s in size.seeds:
-        model = linked_model(size, s, sharing=sharing, understanding=understanding)
-        cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
-        for j, recs in run_arms(model, cfg, judges).items():
-            arms[j].extend(recs)
-    return arms
+    """:func:`dynamics.toy.study.judge_study`, with the gap check off at the quick size (a tiny model
+    has no gap)."""
+    return judge_study(size, judges, sharing=sharing, understanding=understanding, check=not _quick(size),
+                       clo_overrides=clo_overrides)
 
 
 def _bar_value(rows, judge, cat, metric):

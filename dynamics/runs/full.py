@@ -138,28 +138,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 
 def toy_model(args, seed: int):
     """The pre-trained toy model for ``seed`` (from the cache when present), gap checked."""
-    from dynamics.toy.model import ToyConfig
-    from dynamics.toy.pretrain import GapError, check_gap, gap_report, pretrain
+    from dynamics.toy.pretrain import GapError, gap_report
+    from dynamics.toy.study import ToySize, pretrained_model
 
-    overrides = {"sharing": args.sharing}
-    if args.gen_noise is not None:
-        overrides["gen_noise"] = args.gen_noise
-    config = ToyConfig.preset(args.toy_preset, **overrides)
-    model = pretrain(config, steps=args.pretrain_steps, seed=seed, cache_dir=args.cache_dir,
-                     progress=not args.no_progress)
-    model.eval()
-    if args.understanding == "bayes":
-        from dynamics.toy.bayes import BayesLinked
-
-        model = BayesLinked(model, seed=seed)
-        model.calibrate(seed=seed)
-    if args.no_gap_check:
-        return model, gap_report(model, seed=seed)
+    size = ToySize(preset=args.toy_preset, pretrain_steps=args.pretrain_steps, cache_dir=args.cache_dir,
+                   overrides={} if args.gen_noise is None else {"gen_noise": args.gen_noise})
     try:
-        report = check_gap(model, seed=seed)
+        model = pretrained_model(size, seed, sharing=args.sharing, understanding=args.understanding,
+                                 check=not args.no_gap_check, progress=not args.no_progress)
     except GapError as e:
         raise SystemExit(f"error: {e}") from None
-    return model, report
+    return model, model.gap if not args.no_gap_check else gap_report(model, seed=seed)
 
 
 def run_toy(args, cfg: CLOConfig, out: Path) -> list[dict]:

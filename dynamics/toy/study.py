@@ -84,15 +84,24 @@ class ToySize:
         return ToyConfig.preset(self.preset, sharing=sharing, **self.overrides)
 
 
-def pretrained_model(size: ToySize, seed: int, *, sharing: str = "full", check: bool = True,
-                     progress: bool = False) -> ToyModel:
-    """The pre-trained toy model of ``seed`` (cached), in eval mode; with ``check`` stop unless it has
-    the internal gap (:func:`dynamics.toy.pretrain.check_gap`)."""
+def pretrained_model(size: ToySize, seed: int, *, sharing: str = "full", understanding: str = "head",
+                     check: bool = True, progress: bool = False):
+    """The pre-trained toy model of ``seed`` (cached), in eval mode, its understanding read by the
+    trained yes/no head (``"head"``) or through the Bayes link (``"bayes"``: a calibrated
+    :class:`~dynamics.toy.bayes.BayesLinked`); with ``check`` stop unless it has the internal gap
+    (:func:`dynamics.toy.pretrain.check_gap`; the report is kept as ``model.gap``)."""
     from dynamics.toy.pretrain import check_gap, pretrain
 
+    if understanding not in ("head", "bayes"):
+        raise ValueError(f"understanding must be 'head' or 'bayes', got {understanding!r}")
     model = pretrain(size.config(sharing), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
                      progress=progress)
     model.eval()
+    if understanding == "bayes":
+        from dynamics.toy.bayes import BayesLinked
+
+        model = BayesLinked(model, seed=seed)
+        model.calibrate(seed=seed)
     if check:
         model.gap = check_gap(model, seed=seed)
     return model
@@ -139,16 +148,18 @@ def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_id
     return out
 
 
-def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", check: bool = True,
-                progress: bool = False) -> dict[str, list[dict]]:
+def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
+                check: bool = True, clo_overrides: dict | None = None, progress: bool = False) -> dict[str, list[dict]]:
     """Every judge's CLO arm on every seed of ``size`` (one pre-trained model per seed, shared by its
-    arms); ``{judge: records of all seeds}``."""
+    arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields); ``{judge: records of all
+    seeds}``."""
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
     arms: dict[str, list[dict]] = {j: [] for j in judges}
     for s in size.seeds:
-        model = pretrained_model(size, s, sharing=sharing, check=check, progress=progress)
-        got = run_arms(model, dataclasses.replace(size.clo, seed=s), judges,
-                       train_ids=_train_ids(model, size.train_on))
+        model = pretrained_model(size, s, sharing=sharing, understanding=understanding, check=check,
+                                 progress=progress)
+        cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
+        got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on))
         for j in judges:
             arms[j].extend(got[j])
     return arms
