@@ -6,7 +6,10 @@ given size and draws; the figure scripts only call them.
   false-positive-correction mechanism, predicted against measured one-step changes, the
   ``O(eta^2)`` slope), the experiments behind them (:func:`~dynamics.figures.sim.judge_arms` and
   friends: arms run from one pre-trained model and read against controls, seed by seed) and the
-  command line every simulator figure script shares (:func:`~dynamics.figures.sim.main`).
+  command line every simulator figure script shares (:func:`~dynamics.figures.sim.main`);
+- :mod:`dynamics.figures.toy`: the toy-world figures (findings per category against controls, the
+  first-order one-step check, Janus-like / full sharing / the Bayes link, stronger recipes) and
+  their command line (:func:`~dynamics.figures.toy.main`); imported on use (it loads transformers).
 
 Example::
 

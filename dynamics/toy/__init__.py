@@ -5,7 +5,11 @@
 - :mod:`dynamics.toy.model`    :class:`ToyModel`, a Llama trunk that generates scenes and answers
   "Does this image describe {prompt}?", with full or Janus-like sharing (the model protocol, R = 1);
 - :mod:`dynamics.toy.pretrain` the step-budgeted pre-training recipe, its checkpoint cache, and the
-  check that understanding beats generation.
+  check that understanding beats generation;
+- :mod:`dynamics.toy.bayes`    :class:`BayesLinked`, understanding read from the generator through the
+  Bayes link (the strongest sharing);
+- :mod:`dynamics.toy.study`    CLO arms read against their controls, per category, and the one-step
+  first-order check (the experiments behind ``paper_figures/fig_toy_*.py``).
 
 Example::
 
@@ -27,6 +31,7 @@ _WHERE = {
     "model": ("SHARING", "ToyConfig", "ToyModel"),
     "pretrain": ("pretrain", "cache_key", "save_checkpoint", "load_checkpoint", "gap_report", "check_gap",
                  "GapError"),
+    "bayes": ("BayesLinked", "alternative_prompts"),
 }
 _MODULE_OF = {name: mod for mod, names in _WHERE.items() for name in names}
 
@@ -45,6 +50,7 @@ __all__ = [
     "CATEGORIES",
     "SHARING",
     "TIERS",
+    "BayesLinked",
     "ExactJudge",
     "GapError",
     "SceneWorld",
@@ -52,6 +58,7 @@ __all__ = [
     "ToyModel",
     "Vocab",
     "WorldConfig",
+    "alternative_prompts",
     "cache_key",
     "check_gap",
     "gap_report",
