@@ -152,6 +152,18 @@ def _vs_control(arms, control, keys=("gen_acc", "und_fp_rate", "non_unification"
             for label, recs in arms.items() if label != control}
 
 
+def self_vs_control(arms: dict[str, list[dict]], keys: Sequence[str]) -> dict:
+    """Per key: the self arm's change minus the control's (paired by seed), and each arm's
+    ``(before, after, change)``; every value ``(mean, s.e., seeds)``.
+
+    >>> recs = lambda d: [{"epoch": e, "seed": 0, "x": d * e} for e in (0, 1)]
+    >>> self_vs_control({"self": recs(0.3), "all": recs(0.1)}, ["x"])["x"]["vs_control"][0]
+    0.2
+    """
+    return {k: {"vs_control": paired_difference(arms["self"], arms["all"], k), "self": change(arms["self"], k),
+                "all": change(arms["all"], k)} for k in keys}
+
+
 def _size_dict(size: ToySize) -> dict:
     d = dataclasses.asdict(size)
     d["clo"] = size.clo.to_dict()
@@ -222,8 +234,7 @@ def figure_toy_sharing(size: ToySize, out_dir: str | Path, *, couplings: Sequenc
     for label, sharing, understanding in couplings:
         arms = study(size, ("self", "all"), sharing=sharing, understanding=understanding)
         all_arms[label] = arms
-        results[label] = {k: {"vs_control": paired_difference(arms["self"], arms["all"], k),
-                              "self": change(arms["self"], k), "all": change(arms["all"], k)} for k in keys}
+        results[label] = self_vs_control(arms, keys)
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.0))
     labels = [c[0] for c in couplings]
@@ -271,8 +282,7 @@ def figure_toy_recipes(size: ToySize, out_dir: str | Path, *, recipes: Sequence[
     results = {}
     for label, over in recipes:
         arms = study(size, ("self", "all"), clo_overrides=over)
-        results[label] = {k: {"vs_control": paired_difference(arms["self"], arms["all"], k),
-                              "self": change(arms["self"], k), "all": change(arms["all"], k)} for k in keys}
+        results[label] = self_vs_control(arms, keys)
         results[label]["win_rate_n"] = {a: change(arms[a], "win_rate_n")[1] for a in ("self", "all")}
     plt = _plt()
     labels = [r[0] for r in recipes]
