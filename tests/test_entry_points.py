@@ -70,10 +70,15 @@ def test_full_clo_janus_tiny_smoke(tmp_path):
     assert "non_unification" in recs[-1]
 
 
-def test_full_clo_resume_continues_to_the_same_records(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model", ["janus", "toy"])
+def test_full_clo_resume_continues_to_the_same_records(tmp_path, monkeypatch, model):
     from dynamics import clo
 
-    args = tiny(tmp_path, "--judge", "all", "--epochs", "3")
+    if model == "janus":
+        args = tiny(tmp_path, "--judge", "all", "--epochs", "3")
+    else:
+        args = ["--toy-preset", "tiny", "--pretrain-steps", "5", "--no-gap-check", "--judge", "all", "--epochs", "3",
+                "--candidates", "2", "--eval-candidates", "2", "--curriculum", "off", "--cache-dir", tmp_path / "cache"]
     full_clo(args, tmp_path / "a")
     # killed at epoch 2 after its metrics were written, before its checkpoint
     real_save = clo._save
