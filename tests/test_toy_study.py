@@ -47,3 +47,23 @@ def test_one_step_summary_and_slope():
         assert s[b]["sign_agreement"] == 1.0
         assert s[b]["mean_abs_residual"][1e-2] == pytest.approx(1.5e-4)
     assert math.isclose(slope([1, 10], [3, 30]), 1.0)
+
+
+def test_toy_figure_command_line_refuses_bad_input(tmp_path, capsys):
+    from dynamics.figures.toy import main
+
+    with pytest.raises(SystemExit) as exc:
+        main("toy_judges", ["--quick", "--seeds", "0", "--out", str(tmp_path)])
+    assert exc.value.code == 2 and "--seeds must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main("toy_judges", ["--quick", "--understanding", "telepathy", "--out", str(tmp_path)])
+    assert "invalid choice: 'telepathy'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown figure 'nope'"):
+        main("nope", [])
+
+
+def test_unknown_understanding_is_named():
+    from dynamics.toy.study import ToySize, pretrained_model
+
+    with pytest.raises(ValueError, match="understanding must be 'head' or 'bayes', got 'oracle'"):
+        pretrained_model(ToySize.tiny(), 0, understanding="oracle")
