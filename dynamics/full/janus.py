@@ -354,15 +354,8 @@ class JanusUnified:
         """Teacher-forced ``log pi_gen(images | prompt)`` summed over positions, ``(1, B, K)`` float32 with
         gradient, computed by ``self.module`` (``cfg_mode`` "combined" scores the CFG-combined logits at
         ``sampling.cfg_scale``, temperature 1)."""
-        pids = self._check_prompt_ids(prompt_ids)
-        images = check_images(torch.as_tensor(images), replicas=1, batch=len(pids))
-        if images.shape[-1] != self.image_length:
-            raise ValueError(
-                f"images have {images.shape[-1]} tokens, the model generates {self.image_length}"
-            )
-        k = images.shape[2]
-        flat = images[0].reshape(-1, self.image_length).to(self.device, torch.long)
-        rows = [p for p in pids for _ in range(k)]
+        pids, k, rows, flat = self._rows(prompt_ids, images)
+        flat = flat.to(self.device, torch.long)
         scale = self.sampling.cfg_scale if self.cfg_mode == "combined" else 1.0
         size = self.logprob_batch_size or max(1, len(rows))
         parts = []
