@@ -230,27 +230,30 @@ def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2,
 
     params = m.generation_parameters()
 
-    def logp(what):
-        return torch.stack([m.probe_logprob(p, img, what) for p, img, _ in probes])
+    def logp():  # both branches in one vector: generation probes first, then understanding
+        return torch.stack([m.probe_logprob(p, img, what) for what in ("gen", "yes") for p, img, _ in probes])
 
-    rows = []
-    for what, branch in (("gen", "generation"), ("yes", "understanding")):
-        pred1 = first_order_probe(lambda w=what: logp(w), lambda: -batch_loss(m, cfg, batch), params, lr=1.0)
+    pred1 = first_order_probe(logp, lambda: -batch_loss(m, cfg, batch), params, lr=1.0)
+    with torch.no_grad():
+        before = logp()
+    m.zero_grad(set_to_none=True)
+    grads = torch.autograd.grad(batch_loss(m, cfg, batch), params)
+    saved = [p.detach().clone() for p in params]
+    after = {}
+    for lr in lrs:
         with torch.no_grad():
-            before = logp(what)
-        m.zero_grad(set_to_none=True)
-        grads = torch.autograd.grad(batch_loss(m, cfg, batch), params)
-        saved = [p.detach().clone() for p in params]
+            for p, s0, gr in zip(params, saved, grads):
+                p.copy_(s0 - lr * gr)
+            after[lr] = logp()
+            for p, s0 in zip(params, saved):
+                p.copy_(s0)
+    rows, n = [], len(probes)
+    for b, branch in enumerate(("generation", "understanding")):
         for lr in lrs:
-            with torch.no_grad():
-                for p, s0, gr in zip(params, saved, grads):
-                    p.copy_(s0 - lr * gr)
-                after = logp(what)
-                for p, s0 in zip(params, saved):
-                    p.copy_(s0)
             for j, (pid, _img, k) in enumerate(probes):
+                i = b * n + j
                 rows.append({"lr": float(lr), "branch": branch, "probe": j, "prompt_id": pid, "kind": k,
-                             "measured": float(after[j] - before[j]), "predicted": float(lr * pred1[j])})
+                             "measured": float(after[lr][i] - before[i]), "predicted": float(lr * pred1[i])})
     return rows
 
 
