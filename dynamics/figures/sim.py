@@ -56,6 +56,7 @@ __all__ = [
     "figure_curriculum",
     "figure_eta_slope",
     "figure_fp_correction",
+    "figure_parser",
     "figure_predicted_vs_measured",
     "figure_sharing",
     "figure_training_curves",
@@ -1283,6 +1284,26 @@ QUICK_KW: dict[str, dict] = {
 }
 
 
+def figure_parser(figures: dict[str, Callable[..., dict]], name: str, default_out: str | Path, *, quick_help: str):
+    """The figure function ``figures[name]`` and the start of its script's command line: the function's
+    first docstring paragraph as description, ``--out`` and ``--quick`` (every figure script has them).
+
+    >>> fn, p = figure_parser(FIGURES, "sharing", "out", quick_help="small")
+    >>> fn is figure_sharing, p.parse_args(["--quick"]).quick
+    (True, True)
+    """
+    import argparse
+
+    if name not in figures:
+        raise ValueError(f"unknown figure {name!r}; expected one of {sorted(figures)}")
+    fn = figures[name]
+    doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path(default_out), help="output directory")
+    p.add_argument("--quick", action="store_true", help=quick_help)
+    return fn, p
+
+
 def main(
     name: str, argv: Sequence[str] | None = None, *, default_out: str | Path = "paper_figures/out"
 ) -> dict:
@@ -1298,15 +1319,7 @@ def main(
     >>> out["summary"]["size"]["prompts"]
     12
     """
-    import argparse
-
-    if name not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}; expected one of {sorted(FIGURES)}")
-    fn = FIGURES[name]
-    doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path(default_out), help="output directory")
-    p.add_argument("--quick", action="store_true", help="a small size for smoke tests (seconds)")
+    fn, p = figure_parser(FIGURES, name, default_out, quick_help="a small size for smoke tests (seconds)")
     p.add_argument(
         "--seeds", type=int, default=None, help="replicas (seeds seed..seed+N-1); default 4, quick 2"
     )

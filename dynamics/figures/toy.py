@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from dynamics.figures.sim import _plt, change, paired_difference, save_figure, write_summary
+from dynamics.figures.sim import _plt, change, figure_parser, paired_difference, save_figure, write_summary
 from dynamics.toy.study import (
     ToySize,
     category_table,
@@ -334,17 +334,10 @@ def main(name: str, argv: Sequence[str] | None = None, *, default_out: str | Pat
     >>> list(out["summary"]["size"]["seeds"])
     [0]
     """
-    import argparse
     import os
 
-    if name not in FIGURES:
-        raise ValueError(f"unknown figure {name!r}; expected one of {sorted(FIGURES)}")
-    fn = FIGURES[name]
-    doc = (fn.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ")
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path(default_out), help="output directory")
-    p.add_argument("--quick", action="store_true",
-                   help="the tiny preset, a few pre-training steps, no gap check: a smoke run (seconds)")
+    fn, p = figure_parser(FIGURES, name, default_out,
+                          quick_help="the tiny preset, a few pre-training steps, no gap check: a smoke run (seconds)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds seed..seed+N-1 (default 3, quick 2)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DYNAMICS_CACHE", "cache/toy")),
