@@ -1,56 +1,47 @@
-"""Simulator and theory experiments at a given size, and the figures drawn from them.
+"""Figures of the simulator experiments (:mod:`dynamics.sim.study` runs them; this module draws).
 
-Every experiment pre-trains one set of ``R`` replicas (seeds ``seed .. seed + R - 1``, vectorised in
-one process) and runs each *arm* (a judge, a loss, a curriculum) from a copy of that same pre-trained
-model with the same seeds, so an arm is always read against its controls (``all``: the unfiltered
-control; ``oracle``: the ground-truth judge) replica by replica. Besides the loop's sampled metrics
-(the paper's definitions, on ``eval_candidates`` samples per prompt) every epoch record gets the
-simulator's exact ones, prefixed ``exact_``: computed on the full ``(P, V)`` tables, free of sampling
-noise (:func:`exact_epoch_metrics`).
+Example::
 
-Example (a tiny world; each arm starts from the same pre-trained replicas)::
-
-    >>> from dynamics.figures.sim import SimSize, judge_arms, change
-    >>> size = SimSize.tiny()
-    >>> arms = judge_arms(size, ["self", "all"])
-    >>> sorted(arms), len(arms["self"].records) == size.seeds * (size.epochs + 1)
-    (['all', 'self'], True)
-    >>> before, after, delta = change(arms["self"].records, "exact_gen_acc")
-    >>> delta[2] == size.seeds                                       # (mean, s.e., seeds)
-    True
+    >>> import tempfile
+    >>> from dynamics.sim.study import SimSize
+    >>> out = figure_sharing(SimSize.tiny(), tempfile.mkdtemp(), sharings=("decoupled",))
+    >>> [p.suffix for p in out["paths"]]
+    ['.png', '.pdf', '.json']
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
-from dynamics.clo import CLOConfig, CLOData, run_clo
-from dynamics.report import aggregate, mean_se
-from dynamics.sim import SimModel, SimWorld, TheoryTracker, exact_metrics, fp_correction_analysis, pretrain
+from dynamics.report import aggregate
+from dynamics.sim.study import (
+    Arm,
+    SimSize,
+    arm_summary,
+    correction_rates,
+    corrupt_scan,
+    corrupt_scan_rows,
+    curriculum_arms,
+    dominance_ratios,
+    eta_scaling,
+    fp_correction,
+    judge_arms,
+    pretrained,
+    replay_precision,
+    run_arm,
+    sharing_arms,
+)
+from dynamics.study import change, final_values, mean_se, paired_difference, vs_control
 
 __all__ = [
     "FIGURES",
     "QUICK_KW",
-    "Arm",
-    "Reference",
-    "SimSize",
-    "arm_summary",
-    "change",
-    "correction_rates",
-    "corrupt_scan",
-    "corrupt_scan_rows",
-    "curriculum_arms",
-    "dominance_ratios",
-    "eta_scaling",
-    "exact_epoch_metrics",
     "figure_co_improvement_vs_degradation",
     "figure_corrupt_scan",
     "figure_curriculum",
@@ -60,633 +51,15 @@ __all__ = [
     "figure_predicted_vs_measured",
     "figure_sharing",
     "figure_training_curves",
-    "final_values",
-    "fp_correction",
-    "judge_arms",
     "main",
-    "paired_difference",
     "plot_corrupt_scan",
     "plot_curves",
     "plot_eta_slope",
     "plot_fp_correction",
     "plot_predicted_vs_measured",
-    "pretrained",
-    "replay_precision",
-    "run_arm",
     "save_figure",
-    "sharing_arms",
-    "vs_control",
     "write_summary",
 ]
-
-# --------------------------------------------------------------------------------------- sizes
-
-
-@dataclass(frozen=True)
-class SimSize:
-    """The size and the shared settings of a simulator experiment.
-
-    The defaults are the entry point's (``experiments/sim_clo.py``): ``P = V = 64``, 20 epochs of
-    plain SGD at ``lr = 0.5``, 8 candidates, 16 evaluation samples per prompt; ``seeds`` replicas.
-    """
-
-    prompts: int = 64
-    tokens: int = 64
-    seeds: int = 4
-    epochs: int = 20
-    pretrain_steps: int = 300
-    gap: float = 0.3
-    lr: float = 0.5
-    candidates: int = 8
-    eval_candidates: int = 16
-    batch_size: int = 16
-    world_seed: int = 0
-    seed: int = 0
-    understanding: str = "bayes"
-    float64: bool = False
-
-    @classmethod
-    def quick(cls, **overrides) -> SimSize:
-        """A seconds-long size for smoke runs (figure scripts' ``--quick``).
-
-        >>> SimSize.quick(seeds=3).prompts, SimSize.quick(seeds=3).seeds
-        (24, 3)
-        """
-        base = {
-            "prompts": 24,
-            "tokens": 24,
-            "seeds": 2,
-            "epochs": 4,
-            "pretrain_steps": 80,
-            "eval_candidates": 8,
-        }
-        return cls(**{**base, **overrides})
-
-    @classmethod
-    def tiny(cls, **overrides) -> SimSize:
-        """The smallest useful size (docstring examples).
-
-        >>> SimSize.tiny().prompts
-        12
-        """
-        base = {
-            "prompts": 12,
-            "tokens": 12,
-            "seeds": 2,
-            "epochs": 2,
-            "pretrain_steps": 20,
-            "eval_candidates": 4,
-            "candidates": 4,
-        }
-        return cls(**{**base, **overrides})
-
-    def config(self, **overrides) -> CLOConfig:
-        """The CLO settings of this size, with ``overrides`` (any :class:`CLOConfig` field).
-
-        >>> cfg = SimSize().config(judge="corrupt:0.6")
-        >>> cfg.judge, cfg.lr, cfg.candidates, cfg.optimizer
-        ('corrupt:0.6', 0.5, 8, 'sgd')
-        """
-        base = {
-            "candidates": self.candidates,
-            "epochs": self.epochs,
-            "lr": self.lr,
-            "batch_size": self.batch_size,
-            "eval_candidates": self.eval_candidates,
-            "seed": self.seed,
-            "progress": False,
-        }
-        cfg = CLOConfig(**{**base, **overrides})
-        cfg.validate()
-        return cfg
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad field.
-
-        >>> SimSize(seeds=0).validate()
-        Traceback (most recent call last):
-        ...
-        ValueError: SimSize.seeds=0: must be >= 1
-        """
-        for name in (
-            "prompts",
-            "tokens",
-            "seeds",
-            "pretrain_steps",
-            "candidates",
-            "eval_candidates",
-            "batch_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SimSize.{name}={getattr(self, name)}: must be >= 1")
-        if self.epochs < 1:
-            raise ValueError(f"SimSize.epochs={self.epochs}: must be >= 1")
-        if not 0.0 <= self.gap <= 1.0:
-            raise ValueError(f"SimSize.gap={self.gap}: must lie in [0, 1]")
-        if self.understanding not in ("bayes", "head"):
-            raise ValueError(f"SimSize.understanding={self.understanding!r}: expected 'bayes' or 'head'")
-
-
-def pretrained(
-    size: SimSize, *, sharing: str = "shared", understanding: str | None = None
-) -> tuple[SimWorld, SimModel]:
-    """The world and ``size.seeds`` pre-trained replicas (the gap-leaving recipe of :func:`pretrain`).
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> m.replicas, m.num_prompts
-    (2, 12)
-    """
-    size.validate()
-    world = SimWorld(size.prompts, size.tokens, seed=size.world_seed)
-    model = SimModel(
-        world,
-        replicas=size.seeds,
-        seed=size.seed,
-        sharing=sharing,
-        understanding=understanding or size.understanding,
-        dtype=torch.float64 if size.float64 else torch.float32,
-    )
-    pretrain(world, model, steps=size.pretrain_steps, gap=size.gap, seed=size.seed)
-    return world, model
-
-
-# --------------------------------------------------------------------------------------- exact metrics
-
-
-@dataclass
-class Reference:
-    """The pre-trained model's tables: understanding ``P(yes)`` and ``log pi(x|y)``, each ``(R, P, V)``."""
-
-    und: torch.Tensor
-    gen_logp: torch.Tensor
-
-    @classmethod
-    def of(cls, model: SimModel) -> Reference:
-        """The tables of ``model`` now (float64, on the CPU).
-
-        >>> w, m = pretrained(SimSize.tiny())
-        >>> Reference.of(m).gen_logp.shape
-        torch.Size([2, 12, 12])
-        """
-        with torch.no_grad():
-            logp = torch.log_softmax(model.gen_logits(torch.arange(model.num_prompts)).double(), -1)
-        return cls(und=model.understanding_table().double().cpu(), gen_logp=logp.cpu())
-
-
-def exact_epoch_metrics(
-    world: SimWorld, model: SimModel, reference: Reference, *, threshold: float = 0.5
-) -> list[dict]:
-    """Exact (table) metrics of the current model, one dict per replica, keys prefixed ``exact_``.
-
-    Those of :func:`dynamics.sim.exact_metrics` (``gen_acc``, ``und_acc``, ``und_fp_rate``,
-    ``und_fn_rate`` over all misaligned / aligned pairs, ``non_unification``, ``attribution``) and
-    the population win rate: the pre-trained and the current understanding judge every pair,
-    weighted by the pre-trained generation ``pi_0(x|y)`` (the distribution the paper's win rate
-    samples from); among the disagreement mass, the share where the current one is right
-    (``exact_win_rate``, 0.5 without disagreement; ``exact_win_mass`` its denominator per prompt).
-    ``exact_pre_fp_rate``: the current understanding's false-positive rate on the pre-trained
-    model's misaligned samples (``pi_0``-weighted), the population version of the loop's
-    ``und_fp_rate``.
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> recs = exact_epoch_metrics(w, m, Reference.of(m))
-    >>> recs[0]["exact_win_rate"], recs[0]["exact_win_mass"]
-    (0.5, 0.0)
-    """
-    out = [
-        {f"exact_{k}": float(v[r]) for k, v in exact_metrics(world, model, threshold=threshold).items()}
-        for r in range(model.replicas)
-    ]
-    aligned = world.aligned.cpu()
-    pi0 = reference.gen_logp.exp()
-    pre_yes = reference.und >= threshold
-    cur_yes = model.understanding_table().cpu() >= threshold
-    disagree = (pre_yes != cur_yes).double() * pi0
-    mass = disagree.sum((1, 2))
-    won = (disagree * (cur_yes == aligned).double()).sum((1, 2))
-    mis = pi0 * (~aligned).double()
-    pre_fp = (mis * cur_yes.double()).sum((1, 2)) / mis.sum((1, 2)).clamp_min(1e-300)
-    P = aligned.shape[0]
-    for r, rec in enumerate(out):
-        rec["exact_win_rate"] = float(won[r] / mass[r]) if mass[r] > 0 else 0.5
-        rec["exact_win_mass"] = float(mass[r] / P)
-        rec["exact_pre_fp_rate"] = float(pre_fp[r])
-    return out
-
-
-# --------------------------------------------------------------------------------------- arms
-
-
-@dataclass
-class Arm:
-    """One CLO run from a pre-trained model: its config, per-replica epoch records (with the
-    ``exact_*`` metrics), theory-tracking records, final data state, the trained model and the
-    pre-trained reference tables."""
-
-    label: str
-    config: CLOConfig
-    records: list[dict]
-    theory: list[dict]
-    data: CLOData
-    model: SimModel
-    reference: Reference
-    world: SimWorld = field(repr=False, default=None)
-
-
-def run_arm(
-    world: SimWorld,
-    model0: SimModel,
-    cfg: CLOConfig,
-    *,
-    label: str | None = None,
-    track_every: int = 0,
-    probes: int = 32,
-    tracker_kw: dict | None = None,
-    train_ids: Sequence[int] | torch.Tensor | None = None,
-) -> Arm:
-    """Run CLO on a copy of ``model0`` (left untouched) with the oracle as external judge.
-
-    ``track_every > 0`` adds a :class:`~dynamics.sim.TheoryTracker` (every k-th step, ``probes`` probe
-    pairs, 3/4 misaligned). ``train_ids``: the prompts Algorithm 1 builds training data for (default
-    all; evaluation always covers every prompt). Returns an :class:`Arm`.
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> arm = run_arm(w, m, SimSize.tiny().config(judge="oracle"))
-    >>> arm.records[-1]["epoch"], "exact_gen_acc" in arm.records[-1]
-    (2, True)
-    """
-    model = copy.deepcopy(model0)
-    ref = Reference.of(model)
-    hooks = []
-    if track_every > 0:
-        n_mis = max(1, (3 * probes) // 4)
-        kw = {
-            "every": track_every,
-            "n_misaligned": n_mis,
-            "n_aligned": max(1, probes - n_mis),
-            "seed": cfg.seed,
-            "config": cfg,
-        }
-        kw.update(tracker_kw or {})
-        hooks.append(TheoryTracker(world, model, **kw))
-
-    def on_epoch(epoch: int, records: list[dict]) -> None:
-        for rec, ex in zip(records, exact_epoch_metrics(world, model, ref, threshold=cfg.threshold)):
-            rec.update(ex)
-
-    res = run_clo(model, cfg, external=world.oracle, hooks=hooks, on_epoch=on_epoch, train_ids=train_ids)
-    return Arm(label or cfg.judge, cfg, res.metrics, res.theory, res.data, model, ref, world)
-
-
-def judge_arms(
-    size: SimSize,
-    judges: Sequence[str],
-    *,
-    sharing: str = "shared",
-    understanding: str | None = None,
-    track_every: int = 0,
-    model: tuple[SimWorld, SimModel] | None = None,
-    **cfg_overrides,
-) -> dict[str, Arm]:
-    """One arm per judge spec, all from the same pre-trained replicas (pre-trained here unless
-    ``model=(world, model)`` is given). ``cfg_overrides``: any :class:`CLOConfig` field.
-
-    >>> arms = judge_arms(SimSize.tiny(), ["oracle", "noisy:0.5"], loss="dpo")
-    >>> [a.config.loss for a in arms.values()]
-    ['dpo', 'dpo']
-    """
-    world, m0 = model or pretrained(size, sharing=sharing, understanding=understanding)
-    return {
-        j: run_arm(world, m0, size.config(judge=j, **cfg_overrides), label=j, track_every=track_every)
-        for j in judges
-    }
-
-
-def corrupt_scan(
-    size: SimSize,
-    ps: Sequence[float],
-    *,
-    controls: Sequence[str] = ("self", "all", "oracle"),
-    model: tuple[SimWorld, SimModel] | None = None,
-    **cfg_overrides,
-) -> dict[str, Arm]:
-    """The ``corrupt:p`` judge for every ``p`` plus the controls, from one pre-trained model.
-
-    Keys: the control names and ``corrupt:<p>`` (``p`` as given, formatted ``:g``).
-
-    >>> sorted(corrupt_scan(SimSize.tiny(epochs=1), [0.5], controls=("all",)))
-    ['all', 'corrupt:0.5']
-    """
-    judges = list(controls) + [f"corrupt:{p:g}" for p in ps]
-    return judge_arms(size, judges, model=model, **cfg_overrides)
-
-
-def sharing_arms(
-    size: SimSize,
-    sharings: Sequence[str] = ("shared", "partial:0.5", "decoupled"),
-    judge: str = "self",
-    **cfg_overrides,
-) -> dict[str, Arm]:
-    """One arm per sharing regime; each regime is its own architecture, pre-trained with the same
-    recipe and seeds.
-
-    >>> arms = sharing_arms(SimSize.tiny(epochs=1), ["decoupled"])
-    >>> [r["win_rate_n"] for r in arms["decoupled"].records]      # the understanding cannot move
-    [0, 0, 0, 0]
-    """
-    out = {}
-    for s in sharings:
-        world, m0 = pretrained(size, sharing=s)
-        out[s] = run_arm(world, m0, size.config(judge=judge, **cfg_overrides), label=s)
-    return out
-
-
-def curriculum_arms(
-    size: SimSize,
-    replay_epochs: Sequence[int],
-    *,
-    judge: str = "self",
-    candidates: int | None = None,
-    adaptive: bool = False,
-    model: tuple[SimWorld, SimModel] | None = None,
-    **cfg_overrides,
-) -> dict[str, Arm]:
-    """No replay, then replay at each epoch of ``replay_epochs`` (one arm each; ``adaptive`` adds the
-    adaptive trigger), from one pre-trained model. ``candidates`` overrides the size's (fewer
-    candidates leave a larger discard pool). Keys ``off``, ``epochs:<e>``, ``adaptive``.
-
-    >>> arms = curriculum_arms(SimSize.tiny(), [1], candidates=1)
-    >>> sorted(arms), [r["epoch"] for r in arms["epochs:1"].records if r.get("replay")]
-    (['epochs:1', 'off'], [1, 1])
-    """
-    world, m0 = model or pretrained(size)
-    kw = dict(judge=judge, **cfg_overrides)
-    if candidates is not None:
-        kw["candidates"] = candidates
-    specs = ["off"] + [f"epochs:{e}" for e in replay_epochs] + (["adaptive"] if adaptive else [])
-    return {s: run_arm(world, m0, size.config(curriculum=s, **kw), label=s) for s in specs}
-
-
-def eta_scaling(
-    size: SimSize,
-    lrs: Sequence[float],
-    *,
-    loss: str = "sft",
-    judge: str = "self",
-    sharing: str = "shared",
-    understanding: str | None = None,
-    probes: int = 32,
-    model: tuple[SimWorld, SimModel] | None = None,
-) -> list[dict]:
-    """The first-order prediction error of the first CLO step against the step size.
-
-    For each ``lr``: a one-epoch CLO run from the same pre-trained model, tracked on its first step
-    (same parameters, same batch: only ``eta`` differs). Returns one row per ``lr`` with, over
-    replicas (mean, s.e.), ``rel_err_g`` / ``rel_err_u`` (``||measured - predicted|| / ||measured||``)
-    and ``resid_g`` / ``resid_u`` (max absolute residual), plus the fitted log-log ``slope_*`` of the
-    residuals on the last row. Use ``size.float64`` so round-off does not floor small residuals.
-
-    >>> rows = eta_scaling(SimSize.tiny(float64=True), [0.01, 0.02])
-    >>> rows[0]["rel_err_g"][0] < 0.01, round(rows[-1]["slope_g"])
-    (True, 2)
-    """
-    if len(lrs) < 2 or any(not lr > 0 for lr in lrs):
-        raise ValueError(f"eta_scaling: need at least two positive step sizes, got {list(lrs)}")
-    world, m0 = model or pretrained(size, sharing=sharing, understanding=understanding)
-    rows = []
-    for lr in sorted(lrs):
-        cfg = size.config(judge=judge, loss=loss, lr=lr, epochs=1)
-        arm = run_arm(
-            world,
-            m0,
-            cfg,
-            label=f"lr={lr:g}",
-            track_every=10**9,
-            probes=probes,
-            tracker_kw={"ratio_probes": 0},
-        )
-        first = [t for t in arm.theory if t["step"] == 0]
-        row = {"lr": lr}
-        for key in ("g", "u"):
-            row[f"rel_err_{key}"] = mean_se(t[f"rel_err_{key}"] for t in first)
-            row[f"resid_{key}"] = mean_se(t[f"max_abs_resid_{key}"] for t in first)
-            row[f"moved_{key}"] = mean_se(max(abs(v) for v in t[f"delta_{key}"]) for t in first)
-        rows.append(row)
-    for key in ("g", "u"):
-        xs = [math.log(r["lr"]) for r in rows]
-        ys = [math.log(max(r[f"resid_{key}"][0], 1e-300)) for r in rows]
-        rows[-1][f"slope_{key}"] = _fit_slope(xs, ys)
-    return rows
-
-
-def _fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx
-
-
-def fp_correction(arm: Arm, *, n_random: int = 256, seed: int = 0) -> list[dict]:
-    """The paper's Fig. 7 analysis of a finished arm: false-positive-corrected pairs (wrong yes ->
-    right no, exact tables before and after training) against random pairs, per replica: their
-    similarity to the training prompts and their ``Delta G`` (see
-    :func:`dynamics.sim.fp_correction_analysis`).
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> out = fp_correction(run_arm(w, m, SimSize.tiny().config()), n_random=8)
-    >>> len(out), out[0]["n_corrected"] <= out[0]["n_fp_before"]
-    (2, True)
-    """
-    after = Reference.of(arm.model)
-    train = [arm.data.prompt_ids[arm.data.accepted[r].any(-1)] for r in range(arm.model.replicas)]
-    return fp_correction_analysis(
-        arm.world,
-        arm.reference.und,
-        after.und,
-        train,
-        gen_logp_before=arm.reference.gen_logp,
-        gen_logp_after=after.gen_logp,
-        threshold=arm.config.threshold,
-        n_random=n_random,
-        seed=seed,
-    )
-
-
-def dominance_ratios(
-    model0: SimModel, arm: Arm, analysis: Sequence[dict], *, pairs: int = 8, seed: int = 0
-) -> dict[str, list[float]]:
-    """``||K(Y0, Yu)|| / ||K(Yi, Yu)||`` at the pre-trained parameters for up to ``pairs`` corrected and
-    as many random misaligned (prompt, token) pairs per replica (from :func:`fp_correction`'s
-    ``analysis``): ``Yu`` every prompt of the replica's training set, ``Yi`` the probe token's strongest
-    competing prompt by the pre-trained posterior. Explicit eNTK blocks over the generation parameters
-    (:func:`dynamics.sim.tracking.dominance_ratio`). Returns ``{"corrected": [...], "random": [...]}``.
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> arm = run_arm(w, m, SimSize.tiny().config())
-    >>> r = dominance_ratios(m, arm, fp_correction(arm, n_random=8), pairs=2)
-    >>> len(r["random"]), all(v > 0 for v in r["random"])
-    (4, True)
-    """
-    from dynamics.sim.tracking import dominance_ratio
-
-    g = torch.Generator().manual_seed(int(seed))
-    mis = (~arm.world.aligned).nonzero()
-    out: dict[str, list[float]] = {"corrected": [], "random": []}
-    for r, rec in enumerate(analysis):
-        train = arm.data.prompt_ids[arm.data.accepted[r].any(-1)]
-        groups = {
-            "corrected": torch.tensor(rec["corrected"], dtype=torch.long).reshape(-1, 2),
-            "random": mis[torch.randperm(len(mis), generator=g)[:pairs]],
-        }
-        for name, probes in groups.items():
-            probes = probes[torch.randperm(len(probes), generator=g)[:pairs]]
-            if len(probes) == 0 or len(train) == 0:
-                continue
-            logp = arm.reference.gen_logp[r][:, probes[:, 1]].T.clone()  # (n, P) log pi(x0 | y)
-            logp[torch.arange(len(probes)), probes[:, 0]] = -math.inf
-            out[name] += dominance_ratio(model0, r, probes, train, logp.argmax(-1)).tolist()
-    return out
-
-
-def correction_rates(arm: Arm, train_ids) -> dict[str, list[float]]:
-    """Per replica, the share of the pre-trained understanding's false positives (exact table) that
-    training corrected, on the ``train_ids`` prompts and on the other (held-out) prompts (NaN where a
-    group has no false positive).
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> rates = correction_rates(run_arm(w, m, SimSize.tiny().config(), train_ids=range(6)), range(6))
-    >>> sorted(rates), len(rates["trained"])
-    (['held_out', 'trained'], 2)
-    """
-    after = Reference.of(arm.model)
-    thr = arm.config.threshold
-    trained = torch.zeros(arm.world.num_prompts, dtype=torch.bool)
-    trained[torch.as_tensor(train_ids).long()] = True
-    out: dict[str, list[float]] = {"trained": [], "held_out": []}
-    for r in range(arm.model.replicas):
-        fp0 = (arm.reference.und[r] >= thr) & ~arm.world.aligned
-        fixed = fp0 & (after.und[r] < thr)
-        for name, rows in (("trained", trained), ("held_out", ~trained)):
-            n = int(fp0[rows].sum())
-            out[name].append(int(fixed[rows].sum()) / n if n else math.nan)
-    return out
-
-
-# --------------------------------------------------------------------------------------- reading arms
-
-
-def _per_seed(records: Sequence[dict], key: str, epoch: int) -> dict[int, float]:
-    return {
-        int(r["seed"]): float(r[key]) for r in records if int(r["epoch"]) == epoch and r.get(key) is not None
-    }
-
-
-def _last_epoch(records: Sequence[dict]) -> int:
-    return max(int(r["epoch"]) for r in records)
-
-
-def change(records: Sequence[dict], key: str, *, start: int = 0, end: int | None = None):
-    """``(before, after, delta)``, each ``(mean, s.e., seeds)`` across seeds; ``delta`` is the paired
-    per-seed difference ``after - before``.
-
-    >>> recs = [{"epoch": e, "seed": s, "x": e + s} for e in (0, 1) for s in (0, 1)]
-    >>> change(recs, "x")[2]
-    (1.0, 0.0, 2)
-    """
-    end = _last_epoch(records) if end is None else end
-    b, a = _per_seed(records, key, start), _per_seed(records, key, end)
-    seeds = sorted(set(b) & set(a))
-    return mean_se(b[s] for s in seeds), mean_se(a[s] for s in seeds), mean_se(a[s] - b[s] for s in seeds)
-
-
-def paired_difference(
-    records_a: Sequence[dict], records_b: Sequence[dict], key: str, *, start: int = 0, end: int | None = None
-):
-    """Per seed, the change of ``key`` in arm a minus its change in arm b (same pre-trained replica):
-    ``(mean, s.e., seeds)``. Positive: a moved ``key`` up more than b did.
-
-    >>> a = [{"epoch": e, "seed": 0, "x": 2.0 * e} for e in (0, 1)]
-    >>> b = [{"epoch": e, "seed": 0, "x": 1.0 * e} for e in (0, 1)]
-    >>> paired_difference(a, b, "x")[0]
-    1.0
-    """
-    end = _last_epoch(records_a) if end is None else end
-    a0, a1 = _per_seed(records_a, key, start), _per_seed(records_a, key, end)
-    b0, b1 = _per_seed(records_b, key, start), _per_seed(records_b, key, end)
-    seeds = sorted(set(a0) & set(a1) & set(b0) & set(b1))
-    return mean_se((a1[s] - a0[s]) - (b1[s] - b0[s]) for s in seeds)
-
-
-def final_values(records: Sequence[dict], key: str, *, epoch: int | None = None) -> list[float]:
-    """Per-seed values of ``key`` at ``epoch`` (default the last), in seed order.
-
-    >>> final_values([{"epoch": 1, "seed": 1, "x": 3.0}, {"epoch": 1, "seed": 0, "x": 2.0}], "x")
-    [2.0, 3.0]
-    """
-    epoch = _last_epoch(records) if epoch is None else epoch
-    v = _per_seed(records, key, epoch)
-    return [v[s] for s in sorted(v)]
-
-
-def replay_precision(arm: Arm) -> list[float]:
-    """Per replica, the ground-truth precision of the candidates curriculum replay moved into the
-    training set (NaN where nothing was replayed): how good the late data are.
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> arm = run_arm(w, m, SimSize.tiny().config(curriculum="epochs:1", candidates=1))
-    >>> len(replay_precision(arm)) == m.replicas
-    True
-    """
-    d = arm.data
-    acc = d.accepted & d.replayed[..., None]
-    ok = arm.world.aligned[d.prompt_ids[None, :, None], d.images[..., 0]]
-    out = []
-    for r in range(acc.shape[0]):
-        n = int(acc[r].sum())
-        out.append(float((acc[r] & ok[r]).sum()) / n if n else math.nan)
-    return out
-
-
-def arm_summary(arm: Arm, keys: Iterable[str]) -> dict:
-    """Before, after and paired change of each key (mean, s.e., seeds), plus the data-set sizes.
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> summary = arm_summary(run_arm(w, m, SimSize.tiny().config()), ["exact_gen_acc"])
-    >>> summary["judge"], sorted(summary["exact_gen_acc"])
-    ('self', ['after', 'before', 'change'])
-    """
-    out = {
-        "label": arm.label,
-        "judge": arm.config.judge,
-        "loss": arm.config.loss,
-        "curriculum": arm.config.curriculum,
-        "candidates": arm.config.candidates,
-        "seeds": sorted({int(r["seed"]) for r in arm.records}),
-    }
-    for k in keys:
-        b, a, d = change(arm.records, k)
-        out[k] = {"before": b, "after": a, "change": d}
-    if arm.config.curriculum != "off":
-        out["replay_precision"] = mean_se(replay_precision(arm))
-        out["replay_epochs"] = sorted({int(r["epoch"]) for r in arm.records if r.get("replay")})
-    return out
-
-
-def vs_control(arms: dict[str, Arm], control: str, keys: Iterable[str]) -> dict:
-    """For every arm but ``control``: the per-seed change of each key minus the control's change
-    (:func:`paired_difference`), ``(mean, s.e., seeds)``.
-
-    >>> arms = judge_arms(SimSize.tiny(epochs=1), ["self", "all"])
-    >>> list(vs_control(arms, "all", ["exact_gen_acc"]))
-    ['self']
-    """
-    ref = arms[control].records
-    return {
-        label: {k: paired_difference(arm.records, ref, k) for k in keys}
-        for label, arm in arms.items()
-        if label != control
-    }
-
 
 # --------------------------------------------------------------------------------------- drawing
 
@@ -790,29 +163,6 @@ def plot_curves(
     fig.tight_layout()
     return fig
 
-
-def corrupt_scan_rows(arms: dict[str, Arm], keys: Sequence[str]) -> list[dict]:
-    """One row per ``corrupt:p`` arm: ``p`` and the paired change of each key (mean, s.e., seeds),
-    and the change relative to the ``all`` control where that arm is present.
-
-    >>> rows = corrupt_scan_rows(corrupt_scan(SimSize.tiny(epochs=1), [0.5]), ["exact_gen_acc"])
-    >>> [r["p"] for r in rows], "exact_gen_acc_vs_all" in rows[0]
-    ([0.5], True)
-    """
-    rows = []
-    for label, arm in arms.items():
-        if not label.startswith("corrupt:"):
-            continue
-        row = {
-            "p": float(label.split(":", 1)[1]),
-            "sft_precision": mean_se(final_values(arm.records, "sft_precision")),
-        }
-        for k in keys:
-            row[k] = change(arm.records, k)[2]
-            if "all" in arms:
-                row[f"{k}_vs_all"] = paired_difference(arm.records, arms["all"].records, k)
-        rows.append(row)
-    return sorted(rows, key=lambda r: r["p"])
 
 
 def plot_corrupt_scan(
@@ -1343,3 +693,4 @@ def main(
     for path in result["paths"]:
         print(path)
     return result
+

@@ -36,7 +36,8 @@ from pathlib import Path
 
 import torch
 
-from dynamics.figures.sim import _plt, change, figure_parser, paired_difference, save_figure, write_summary
+from dynamics.figures.sim import _plt, figure_parser, save_figure, write_summary
+from dynamics.study import change, paired_difference
 from dynamics.toy.study import (
     ToySize,
     category_table,

@@ -24,16 +24,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from dynamics.clo import CLOConfig, _train_batch, build_data, replica_seeds, run_clo
-from dynamics.kernels import first_order_probe
+from dynamics.clo import CLOConfig, batch_loss, build_data, replica_seeds, train_batch
+from dynamics.study import change, flatten_groups, judge_configs, paired_difference, perturb, slope
+from dynamics.study import run_arms as _run_arms
+from dynamics.study.first_order import one_step
+from dynamics.study.first_order import rows as one_step_rows
+from dynamics.study.first_order import summary as one_step_summary
 from dynamics.toy.model import ToyConfig, ToyModel
-from dynamics.toy.world import CATEGORIES
+from dynamics.toy.recipe import TOY_CLO  # the toy's CLO recipe, re-exported here
+from dynamics.toy.world import CATEGORIES, WorldConfig
 
 __all__ = [
     "TOY_CLO",
@@ -48,22 +52,22 @@ __all__ = [
     "slope",
 ]
 
-# The toy's CLO recipe (the default of ``python experiments/full_clo.py``): one self-judged round,
-# curriculum replay after two epochs; Adam as in the calibration run (``optimizer="sgd"`` is the
-# theory's setting).
-TOY_CLO = CLOConfig(candidates=8, epochs=4, lr=1e-4, optimizer="adam", batch_size=16, eval_candidates=8,
-                    curriculum="epochs:2", chunk_size=512)
-
 
 @dataclass(frozen=True)
 class ToySize:
     """The size of a toy experiment: seeds, the model preset and its pre-training, the CLO recipe.
 
     ``overrides`` are :class:`~dynamics.toy.model.ToyConfig` fields (e.g. ``{"gen_noise": 0.2}``);
-    ``cache_dir`` is the pre-trained checkpoint cache (None: pre-train every time).
+    ``cache_dir`` is the pre-trained checkpoint cache (None: pre-train every time). ``worlds``: the
+    worlds' split seeds (which prompts pre-training holds out); a study's units are every
+    ``(world, seed)`` pair, one pre-trained model each.
+
+    >>> ToySize(seeds=(0, 1), worlds=(0, 1)).units()
+    [(0, 0), (0, 1), (1, 0), (1, 1)]
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
+    worlds: tuple[int, ...] = (0,)
     preset: str = "default"
     pretrain_steps: int | None = None
     overrides: dict = field(default_factory=dict)
@@ -80,21 +84,29 @@ class ToySize:
         base.update(kw)
         return cls(**base)
 
-    def config(self, sharing: str = "full") -> ToyConfig:
-        return ToyConfig.preset(self.preset, sharing=sharing, **self.overrides)
+    def config(self, sharing: str = "full", world: int = 0) -> ToyConfig:
+        """The model config of this size in world ``world`` (its split seed)."""
+        over = dict(self.overrides)
+        if world:
+            over["world"] = dataclasses.replace(over.get("world", WorldConfig()), split_seed=int(world))
+        return ToyConfig.preset(self.preset, sharing=sharing, **over)
+
+    def units(self) -> list[tuple[int, int]]:
+        return [(int(w), int(s)) for w in self.worlds for s in self.seeds]
 
 
 def pretrained_model(size: ToySize, seed: int, *, sharing: str = "full", understanding: str = "head",
-                     check: bool = True, progress: bool = False):
-    """The pre-trained toy model of ``seed`` (cached), in eval mode, its understanding read by the
+                     check: bool = True, progress: bool = False, threshold: float = 0.5, world: int = 0):
+    """The pre-trained toy model of ``seed`` in world ``world`` (cached), in eval mode, its understanding read by the
     trained yes/no head (``"head"``) or through the Bayes link (``"bayes"``: a calibrated
     :class:`~dynamics.toy.bayes.BayesLinked`); with ``check`` stop unless it has the internal gap
-    (:func:`dynamics.toy.pretrain.check_gap`; the report is kept as ``model.gap``)."""
+    (:func:`dynamics.toy.pretrain.check_gap`, own verdicts at the CLO ``threshold``; the report is kept
+    as ``model.gap``)."""
     from dynamics.toy.pretrain import check_gap, pretrain
 
     if understanding not in ("head", "bayes"):
         raise ValueError(f"understanding must be 'head' or 'bayes', got {understanding!r}")
-    model = pretrain(size.config(sharing), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
+    model = pretrain(size.config(sharing, world), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
                      progress=progress)
     model.eval()
     if understanding == "bayes":
@@ -103,24 +115,8 @@ def pretrained_model(size: ToySize, seed: int, *, sharing: str = "full", underst
         model = BayesLinked(model, seed=seed)
         model.calibrate(seed=seed)
     if check:
-        model.gap = check_gap(model, seed=seed)
+        model.gap = check_gap(model, seed=seed, threshold=threshold)
     return model
-
-
-def flatten_groups(records: Sequence[dict]) -> list[dict]:
-    """Copies of ``records`` with ``groups[tag][metric]`` also stored as ``"<metric>@<tag>"``.
-
-    >>> flatten_groups([{"x": 1, "groups": {"counting": {"x": 2}}}])[0]["x@counting"]
-    2
-    """
-    out = []
-    for r in records:
-        r = dict(r)
-        for tag, vals in (r.get("groups") or {}).items():
-            for k, v in vals.items():
-                r[f"{k}@{tag}"] = v
-        out.append(r)
-    return out
 
 
 def _train_ids(model: ToyModel, train_on: str):
@@ -131,53 +127,40 @@ def _train_ids(model: ToyModel, train_on: str):
 
 
 def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_ids=None,
-             labels: Sequence[str] | None = None) -> dict[str, list[dict]]:
-    """One CLO run per judge from the current weights of ``model`` (restored after each, and at the
-    end), judged exactly; ``{label: records}`` with the per-category metrics flattened."""
-    state = copy.deepcopy(model.state_dict())
-    external = model.world.external_judge()
-    out = {}
-    try:
-        for label, judge in zip(labels or judges, judges):
-            model.load_state_dict(state)
-            res = run_clo(model, dataclasses.replace(cfg, judge=judge), external=external, train_ids=train_ids)
-            out[label] = flatten_groups(res.metrics)
-    finally:
-        model.load_state_dict(state)
-        model.eval()
-    return out
+             labels: Sequence[str] | None = None, tags: dict | None = None) -> dict[str, list[dict]]:
+    """One CLO run per judge from the current weights of ``model`` (restored after each:
+    :func:`dynamics.study.run_arms`), judged exactly; ``{label: records}`` with the per-category
+    metrics flattened to ``<metric>@<group>``."""
+    configs = judge_configs(cfg, judges)
+    if labels is not None:
+        configs = {lab: configs[j] for lab, j in zip(labels, judges)}
+    arms = _run_arms(model, configs, external=model.world.external_judge(), train_ids=train_ids, tags=tags)
+    return {label: arm.records for label, arm in arms.items()}
 
 
 def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
-                check: bool = True, clo_overrides: dict | None = None, progress: bool = False) -> dict[str, list[dict]]:
-    """Every judge's CLO arm on every seed of ``size`` (one pre-trained model per seed, shared by its
-    arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields); ``{judge: records of all
-    seeds}``."""
+                check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
+                perturbation: float = 0.0) -> dict[str, list[dict]]:
+    """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
+    unit, shared by its arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields);
+    ``{judge: records of all units}``, each record tagged with its ``world``. ``perturbation > 0``
+    moves the pre-trained weights by that relative amount first (:func:`dynamics.study.perturb`): the
+    robustness run of a findings test."""
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
     arms: dict[str, list[dict]] = {j: [] for j in judges}
-    for s in size.seeds:
+    for w, s in size.units():
         model = pretrained_model(size, s, sharing=sharing, understanding=understanding, check=check,
-                                 progress=progress)
+                                 progress=progress, world=w, threshold=size.clo.threshold)
+        if perturbation:
+            perturb(model, rel=perturbation, seed=s)
         cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
-        got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on))
+        got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on), tags={"world": w})
         for j in judges:
             arms[j].extend(got[j])
     return arms
 
 
 # ----------------------------------------------------------------------------------- one step
-
-
-def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Least-squares slope of log|y| against log x (the order of a residual in the step size).
-
-    >>> round(slope([1e-3, 1e-2, 1e-1], [2e-6, 2e-4, 2e-2]), 6)
-    2.0
-    """
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(abs(y)) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2), batch_prompts: int = 16,
@@ -199,8 +182,6 @@ def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2,
     transformers' eager attention takes its softmax in float32 even in a float64 model, so the
     relative error has a floor of about 0.2 % at the smallest steps instead of falling as lr.
     """
-    from dynamics.clo import batch_loss
-
     m = copy.deepcopy(model).double().eval()
     cfg = dataclasses.replace(TOY_CLO, candidates=candidates, judge=judge, batch_size=batch_prompts, optimizer="sgd",
                               seed=seed, progress=False, audit=False, threshold=threshold)
@@ -212,7 +193,7 @@ def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2,
     if len(has) == 0:
         raise ValueError(f"judge {judge!r} accepted no candidate: no SFT batch for the one-step check")
     cols = has[:batch_prompts]
-    batch = _train_batch(data, cfg, cols, torch.ones(1, len(cols), dtype=torch.bool), torch.device("cpu"))
+    batch = train_batch(data, cfg, cols, torch.ones(1, len(cols), dtype=torch.bool), torch.device("cpu"))
     trained = set(data.prompt_ids[cols].tolist())
 
     # Probes: the model's own samples on prompts outside the batch, judged by both judges.
@@ -233,58 +214,14 @@ def one_step_check(model: ToyModel, *, lrs: Sequence[float] = (1e-3, 3e-3, 1e-2,
     def logp():  # both branches in one vector: generation probes first, then understanding
         return torch.stack([m.probe_logprob(p, img, what) for what in ("gen", "yes") for p, img, _ in probes])
 
-    pred1 = first_order_probe(logp, lambda: -batch_loss(m, cfg, batch), params, lr=1.0)
-    with torch.no_grad():
-        before = logp()
-    m.zero_grad(set_to_none=True)
-    grads = torch.autograd.grad(batch_loss(m, cfg, batch), params)
-    saved = [p.detach().clone() for p in params]
-    after = {}
-    for lr in lrs:
-        with torch.no_grad():
-            for p, s0, gr in zip(params, saved, grads):
-                p.copy_(s0 - lr * gr)
-            after[lr] = logp()
-            for p, s0 in zip(params, saved):
-                p.copy_(s0)
-    rows, n = [], len(probes)
+    res = one_step(logp, lambda: -batch_loss(m, cfg, batch), params, lrs=lrs)
+    n = len(probes)
+    meta = [{"prompt_id": pid, "kind": k} for pid, _img, k in probes]
+    out = []
     for b, branch in enumerate(("generation", "understanding")):
-        for lr in lrs:
-            for j, (pid, _img, k) in enumerate(probes):
-                i = b * n + j
-                rows.append({"lr": float(lr), "branch": branch, "probe": j, "prompt_id": pid, "kind": k,
-                             "measured": float(after[lr][i] - before[i]), "predicted": float(lr * pred1[i])})
-    return rows
-
-
-def one_step_summary(rows: Sequence[dict]) -> dict:
-    """Per branch: the relative error ``|measured - predicted| / |predicted|`` (median over probes)
-    at each lr, the slope of the residual in lr, and the sign agreement at the smallest lr.
-
-    >>> r = [{"lr": lr, "branch": "generation", "probe": 0, "measured": lr + lr ** 2, "predicted": lr}
-    ...      for lr in (1e-3, 1e-2)]
-    >>> s = one_step_summary(r)["generation"]
-    >>> round(s["residual_slope"], 6), s["sign_agreement"]
-    (2.0, 1.0)
-    """
-    out = {}
-    for branch in sorted({r["branch"] for r in rows}):
-        rs = [r for r in rows if r["branch"] == branch]
-        lrs = sorted({r["lr"] for r in rs})
-        rel, resid = {}, {}
-        for lr in lrs:
-            at = [r for r in rs if r["lr"] == lr]
-            errs = sorted(abs(r["measured"] - r["predicted"]) / max(abs(r["predicted"]), 1e-300) for r in at)
-            rel[lr] = errs[len(errs) // 2]
-            resid[lr] = sum(abs(r["measured"] - r["predicted"]) for r in at) / len(at)
-        small = [r for r in rs if r["lr"] == lrs[0]]
-        out[branch] = {
-            "median_relative_error": rel,
-            "mean_abs_residual": resid,
-            "residual_slope": slope(lrs, [resid[lr] for lr in lrs]) if len(lrs) > 1 else math.nan,
-            "sign_agreement": sum((r["measured"] > 0) == (r["predicted"] > 0) for r in small) / len(small),
-            "probes": len(small),
-        }
+        part = dataclasses.replace(res, predicted=res.predicted[b * n:(b + 1) * n],
+                                   measured={lr: v[b * n:(b + 1) * n] for lr, v in res.measured.items()})
+        out += one_step_rows(part, branch=branch, meta=meta)
     return out
 
 
@@ -295,8 +232,6 @@ def category_table(arms: dict[str, list[dict]], keys: Sequence[str] = ("gen_acc"
     across seeds; ``vs_control`` is the paired change minus the control arm's change). ``category ""``
     is the whole prompt set; ``win_rate`` has no "before" (it compares to the pre-trained model), its
     ``after`` is read at the last epoch with its denominator ``win_rate_n``."""
-    from dynamics.figures.sim import change, paired_difference
-
     rows = []
     for judge, recs in arms.items():
         for cat in categories:
