@@ -17,13 +17,11 @@ of the image tokens. With ``shared=False`` understanding has its own trunk.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import THEORY
+from strategies import DT, THEORY, Model, make_inputs, make_model
 
 from dynamics.kernels import (
     Implementation,
@@ -39,89 +37,8 @@ from dynamics.kernels import (
 )
 
 torch.set_num_threads(1)
-DT = torch.float64
 IMPLS = [i.value for i in Implementation]
 KERNEL = THEORY  # shared settings: deterministic draws, no deadline
-
-
-# ---------------------------------------------------------------------------------------------
-# a two-branch model (one example in, logits out; batched by vmap inside entk)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Model:
-    params: dict
-    d: int
-    v_gen: int
-    v_und: int
-    m: int
-    m_und: int
-    shared: bool
-
-    def trunk_names(self, branch: str) -> list[str]:
-        return [
-            n for n in self.params if n.startswith("trunk." if branch == "gen" or self.shared else "utrunk.")
-        ]
-
-    def gen_features(self, p: dict, x) -> torch.Tensor:
-        """Trunk features ``(M, d)`` at the generation positions."""
-        prompt, tokens = x
-        prev = torch.cat([torch.zeros(1, self.d, dtype=DT), p["trunk.emb"][tokens[:-1]]])
-        return torch.tanh((prompt + p["trunk.pos"] + prev) @ p["trunk.w"].T + p["trunk.b"])
-
-    def gen(self, p: dict, x) -> torch.Tensor:
-        """Generation logits ``(M, V_g)`` of image tokens ``x[1]`` after prompt features ``x[0]``."""
-        return self.gen_features(p, x) @ p["gen.w"].T + p["gen.b"]
-
-    def und_features(self, p: dict, x) -> torch.Tensor:
-        question, tokens = x
-        t = "trunk." if self.shared else "utrunk."
-        image = p[t + "emb"][tokens].mean(0)
-        return torch.tanh((image + question + p["und.pos"]) @ p[t + "w"].T + p[t + "b"])
-
-    def und(self, p: dict, x) -> torch.Tensor:
-        """Understanding logits ``(M_u, V_u)`` of an image ``x[1]`` with question features ``x[0]``."""
-        return self.und_features(p, x) @ p["und.w"].T + p["und.b"]
-
-    def gen1(self, p: dict, x) -> torch.Tensor:
-        """Single-token generation logits ``(V_g,)`` (the first position)."""
-        return self.gen(p, x)[0]
-
-
-def make_model(seed: int, *, d=3, v_gen=3, v_und=2, m=2, m_und=1, shared=True) -> Model:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, scale=1.0):
-        return scale * torch.randn(*shape, generator=g, dtype=DT)
-
-    p = {
-        "trunk.emb": r(v_gen, d, scale=0.7),
-        "trunk.pos": r(m, d, scale=0.5),
-        "trunk.w": r(d, d, scale=d**-0.5),
-        "trunk.b": r(d, scale=0.3),
-        "gen.w": r(v_gen, d),
-        "gen.b": r(v_gen, scale=0.3),
-        "und.w": r(v_und, d),
-        "und.b": r(v_und, scale=0.3),
-        "und.pos": r(m_und, d, scale=0.5),
-    }
-    if not shared:
-        p.update(
-            {
-                "utrunk.emb": r(v_gen, d, scale=0.7),
-                "utrunk.w": r(d, d, scale=d**-0.5),
-                "utrunk.b": r(d, scale=0.3),
-            }
-        )
-    return Model(p, d, v_gen, v_und, m, m_und, shared)
-
-
-def make_inputs(seed: int, model: Model, n: int):
-    g = torch.Generator().manual_seed(seed)
-    feats = torch.randn(n, model.d, generator=g, dtype=DT)
-    tokens = torch.randint(0, model.v_gen, (n, model.m), generator=g)
-    return feats, tokens
 
 
 @st.composite

@@ -1,7 +1,7 @@
 """Property 4 of the theory: one step of plain SGD is ``-eta A K G`` up to O(eta^2) (float64).
 
 For a two-branch model (shared tanh trunk, generation head over image tokens, understanding head
-over answer tokens; see ``test_kernels.Model``), one plain-SGD step of size ``eta`` on a generation
+over answer tokens; see ``strategies.Model``), one plain-SGD step of size ``eta`` on a generation
 objective (SFT, or DPO in its sigmoid, IPO and robust forms) changes the log-probabilities of a
 probe (a generation probe or an understanding probe) by
 
@@ -24,8 +24,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import THEORY
-from test_kernels import make_inputs, make_model
+from strategies import THEORY, make_inputs, make_model
 
 import dynamics.theory as th
 from dynamics.kernels import entk, sgd_step

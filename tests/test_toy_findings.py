@@ -1,111 +1,73 @@
-"""The paper's findings in the toy world (a multi-token unified transformer judged exactly).
+"""The paper's findings in the toy world (a multi-token unified transformer judged exactly), as
+pre-registered hypothesis tests.
 
-Three pre-trained models (seeds 0, 1, 2; cached in ``cache/toy`` or ``$DYNAMICS_CACHE``, so only a
-fresh machine pays the pre-training), one CLO round each with the default recipe, every arm from the
-same weights and seed: ``self`` (the paper's method), ``all`` (the unfiltered control), ``oracle``
-(the exact detector), ``corrupt:0.9`` (poor supervision). Effects are per-seed paired differences
-against the control, required beyond ``Z`` standard errors. ``paper_figures/fig_toy_*.py`` draws the
-same comparisons per category.
+Design (``tests/conftest.py``): six pre-trained models (two worlds, i.e. held-out splits 0 and 1, x
+seeds 0-2), one CLO round each with the default recipe, every arm from the same weights and seed:
+``self`` (the paper's method), ``all`` (the unfiltered control), ``corrupt:0.9`` (poor supervision).
+Each claim is the per-unit change of an arm beyond the control's, tested one-sided at alpha = 0.01
+with the paired t (5 degrees of freedom), Holm-corrected within a family. The same claims are tested
+on the same models with every weight moved by a relative 1e-6 by ``test_toy_findings_perturbed.py``:
+both must hold.
 
-What holds and what does not (each stated as a test, so that a change of the code or of the world
-that changes the answer is noticed):
+What holds and what does not at this scale:
 
-1. co-improvement: generation improves and Non falls beyond the control (holds); the trained
-   understanding moves the paper's way (fewer false positives than the control) but barely: it
-   changes its verdict on a few percent of the samples in every arm, and the win rate stays within
-   noise of 50 (holds only in direction);
-2. co-degradation under a corrupt judge: generation degrades beyond the control (holds); Non does
-   *not* fall, it rises, because understanding does not follow the generator;
+1. co-improvement: generation improves and Non falls beyond the control (tested). The trained
+   understanding moves the paper's way only in direction: its false-positive rate falls a point or
+   two beyond the control (-1.5 ± 0.6 points on seeds 0-2 of world 0), changing its verdict on about
+   2 % of the samples, so the win rate stays within noise of 50; at six units that is not a
+   significant effect, and it is not asserted;
+2. co-degradation under a corrupt judge: generation degrades beyond the control (tested); the paper's
+   "Non still falls" does *not* hold, Non rises beyond the control (tested), because the trained
+   understanding does not follow the generator;
 3. the one-step change of ``log pi`` and ``log P(yes)`` of probe pairs matches the kernel module's
-   first-order prediction, with an O(lr^2) residual (holds);
-4. Janus-like against full sharing, and the Bayes link: see ``test_sharing_...``.
+   first-order prediction, with an O(lr^2) residual (tested on one model, float64).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
-from dynamics.figures.sim import paired_difference
-from dynamics.figures.toy import study
-from dynamics.toy.study import TOY_CLO, ToySize, one_step_check, one_step_summary, pretrained_model
+from dynamics.study.first_order import summary as one_step_summary
+from dynamics.toy.study import judge_study, one_step_check, pretrained_model
 
 torch.set_num_threads(1)
 
-ROOT = Path(__file__).resolve().parents[1]
-CACHE = os.environ.get("DYNAMICS_CACHE", str(ROOT / "cache" / "toy"))
-SIZE = ToySize(seeds=(0, 1, 2), cache_dir=CACHE, clo=dataclasses.replace(TOY_CLO, progress=False))
-Z = 3.0
-N_SAMPLES = 126 * TOY_CLO.eval_candidates  # pre-trained samples the win rate is read on, per seed
-
-
-def _beyond(stat, *, sign: float, z: float = Z, floor: float = 0.0):
-    """``stat = (mean, se, n)``: the mean has the given sign, beyond ``z`` standard errors and ``floor``."""
-    m, se, n = stat
-    assert n == len(SIZE.seeds), stat
-    assert sign * m > max(z * se, floor), stat
-
 
 @pytest.fixture(scope="module")
-def arms():
-    return study(SIZE, ["self", "all", "oracle", "corrupt:0.9"])
+def arms(toy_findings):
+    return judge_study(toy_findings["size"], toy_findings["judges"])
 
 
-def test_self_judge_improves_generation_and_lowers_non_beyond_the_control(arms):
-    _beyond(paired_difference(arms["self"], arms["all"], "gen_acc"), sign=+1, floor=0.02)
-    _beyond(paired_difference(arms["self"], arms["all"], "non_unification"), sign=-1, floor=0.02)
-    # as good as the exact judge, within 3 points
-    gap = paired_difference(arms["self"], arms["oracle"], "gen_acc")
-    assert abs(gap[0]) < 0.03, gap
-    # the win rate is reported with its denominator
-    assert all(r["win_rate_n"] >= 0 for r in arms["self"])
+@pytest.mark.parametrize("family", ["co_improvement", "co_degradation"])
+def test_claims_hold(arms, toy_findings, family):
+    size = toy_findings["size"]
+    toy_findings["check"](toy_findings["claims"][family], arms, units=len(size.units()))
 
 
-def test_trained_understanding_moves_the_papers_way_but_barely(arms):
-    """The disagreement with the paper at this scale. Clean data (self judge, exact judge) lower the
-    understanding's false-positive rate on the pre-trained samples beyond the control and poor data
-    raise it, as the paper has it; but by a point or two against a generation gain of about six, and
-    the understanding changes its verdict on under 6 % of the pre-trained samples in every arm, so
-    the win rate stays within noise of 50."""
-    for label in ("self", "oracle"):
-        fp = paired_difference(arms[label], arms["all"], "und_fp_rate")
-        assert -0.05 < fp[0] < 0.0, (label, fp)
-    fp = paired_difference(arms["corrupt:0.9"], arms["all"], "und_fp_rate")
-    assert 0.0 < fp[0] < 0.05, fp
+def test_every_unit_starts_from_the_gap(arms, toy_findings):
+    """Every pre-trained model passed the gap check (understanding ahead of generation), and every arm
+    has one record per unit at the start and at the end of the round."""
+    size = toy_findings["size"]
     for label, recs in arms.items():
-        last = [r for r in recs if r["epoch"] == SIZE.clo.epochs]
-        assert len(last) == len(SIZE.seeds)
-        for r in last:
-            assert r["win_rate_n"] < 0.06 * N_SAMPLES, (label, r["seed"], r["win_rate_n"])
-    gen = paired_difference(arms["self"], arms["all"], "gen_acc")
-    fp = paired_difference(arms["self"], arms["all"], "und_fp_rate")
-    assert gen[0] > 2 * abs(fp[0]), (gen, fp)
+        for epoch in (0, size.clo.epochs):
+            assert sorted((r["world"], r["seed"]) for r in recs if r["epoch"] == epoch) == size.units(), label
 
 
-def test_corrupt_judge_degrades_generation_and_non_rises(arms):
-    """Generation degrades beyond the control; the paper's "Non still falls" does not hold here:
-    understanding does not follow the generator, so Non rises with the damage."""
-    _beyond(paired_difference(arms["corrupt:0.9"], arms["all"], "gen_acc"), sign=-1, floor=0.03)
-    _beyond(paired_difference(arms["corrupt:0.9"], arms["all"], "non_unification"), sign=+1, floor=0.02)
-
-
-def test_one_step_change_matches_the_first_order_prediction():
+def test_one_step_change_matches_the_first_order_prediction(toy_findings):
     """Finding 3 on the pre-trained model of seed 0: float64, one SGD step of a self-judged CLO
-    minibatch, 24 probes per branch (half of them false positives)."""
-    model = pretrained_model(SIZE, 0)
+    minibatch, 24 probes per branch (half of them false positives where there are enough). A correct
+    first-order prediction leaves a residual of order lr^2: relative error under 1 % at lr 1e-4 and a
+    residual slope of 2; transformers' eager attention takes its softmax in float32 even in a float64
+    model, which floors the relative error near 0.2 % and bends the slope over 1e-4..1e-1 to 1.8-2.0."""
+    model = pretrained_model(toy_findings["size"], 0)
     rows = one_step_check(model, lrs=(1e-4, 1e-3, 1e-2, 1e-1), seed=0)
     summary = one_step_summary(rows)
     for branch in ("generation", "understanding"):
         s = summary[branch]
         assert s["probes"] == 24
-        assert s["median_relative_error"][1e-4] < 0.01, s
+        assert s["relative_error"][1e-4] < 0.01, s
         assert s["sign_agreement"] >= 0.95, s
-        # transformers' eager attention takes its softmax in float32 even in a float64 model, which puts
-        # a floor of about 0.2 % under the relative error: the slope over 1e-4..1e-1 is 1.8-2.0
         assert 1.7 < s["residual_slope"] < 2.3, s
     # the predictions are not trivially zero: the step moves both branches
     assert max(abs(r["predicted"]) for r in rows if r["branch"] == "understanding" and r["lr"] == 1e-2) > 1e-3

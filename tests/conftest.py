@@ -1,0 +1,57 @@
+"""Shared settings of the test suite: the toy checkpoint cache and the toy findings' design.
+
+The toy findings are tested twice, by two modules that pytest-xdist runs side by side
+(``--dist loadscope``): ``test_toy_findings.py`` on the pre-trained models as they are and
+``test_toy_findings_perturbed.py`` on the same models with every weight moved by a relative 1e-6.
+Both take their design and their pre-registered claims from here, so the two runs test the same
+hypotheses; the pre-trained checkpoints are cached (``cache/toy`` or ``$DYNAMICS_CACHE``) and
+file-locked, so each is pre-trained once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+from dynamics.study.claims import Claim, check, summary_lines
+from dynamics.toy.study import TOY_CLO, ToySize
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY_CACHE = os.environ.get("DYNAMICS_CACHE", str(ROOT / "cache" / "toy"))
+
+# Two worlds (held-out splits 0 and 1) x three seeds: six pre-trained models, the default recipe.
+TOY_FINDINGS_SIZE = ToySize(seeds=(0, 1, 2), worlds=(0, 1), cache_dir=TOY_CACHE,
+                            clo=dataclasses.replace(TOY_CLO, progress=False))
+TOY_JUDGES = ("self", "all", "corrupt:0.9")
+
+TOY_CLAIMS = {
+    "co_improvement": [
+        Claim("self judge raises Gen beyond the unfiltered control", "self", "gen_acc", "greater", control="all"),
+        Claim("self judge lowers Non beyond the unfiltered control", "self", "non_unification", "less",
+              control="all"),
+    ],
+    "co_degradation": [
+        Claim("corrupt judge lowers Gen beyond the control", "corrupt:0.9", "gen_acc", "less", control="all"),
+        Claim("Non rises beyond the control (the paper's 'Non still falls' does not hold here)", "corrupt:0.9",
+              "non_unification", "greater", control="all"),
+    ],
+}
+
+
+@pytest.fixture(scope="session")
+def toy_findings():
+    """The design and the claims of the toy findings (see the module docstring)."""
+    return {"size": TOY_FINDINGS_SIZE, "judges": TOY_JUDGES, "claims": TOY_CLAIMS, "check": check_claims}
+
+
+def check_claims(claims, arms, *, units: int, perturbed: bool = False) -> None:
+    """Assert that every claim holds on ``arms`` (Holm over the family), each on ``units`` units; the
+    failure message lists every verdict."""
+    verdicts = check(claims, arms)
+    text = summary_lines(verdicts)
+    assert all(v.estimate.n == units for v in verdicts), text
+    what = "under a 1e-6 perturbation of the pre-trained weights" if perturbed else ""
+    assert all(v.holds for v in verdicts), f"claims that do not hold {what}:\n{text}"

@@ -1,0 +1,46 @@
+"""The toy findings again, on the same six pre-trained models with every weight moved by a relative
+1e-6 (:func:`dynamics.study.perturb`): about what another CPU's float rounding does to a trajectory.
+Every pre-registered claim of ``test_toy_findings.py`` (``tests/conftest.py``) must hold here too:
+a conclusion that flips with the last bits of a float is not a finding.
+
+The units are visited in the reverse order of ``test_toy_findings.py``, so that on a fresh machine
+the two modules (run side by side by pytest-xdist) pre-train different models at the same time
+(checkpoints are cached and file-locked).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dynamics.toy.study import judge_study
+
+torch.set_num_threads(1)
+
+PERTURBATION = 1e-6
+
+
+@pytest.fixture(scope="module")
+def arms(toy_findings):
+    size = toy_findings["size"]
+    backwards = dataclasses.replace(size, seeds=tuple(reversed(size.seeds)), worlds=tuple(reversed(size.worlds)))
+    return judge_study(backwards, toy_findings["judges"], perturbation=PERTURBATION)
+
+
+@pytest.mark.parametrize("family", ["co_improvement", "co_degradation"])
+def test_claims_hold_under_a_rounding_level_perturbation(arms, toy_findings, family):
+    size = toy_findings["size"]
+    toy_findings["check"](toy_findings["claims"][family], arms, units=len(size.units()), perturbed=True)
+
+
+def test_the_perturbation_moves_the_trajectory(arms, toy_findings):
+    """The perturbation is real: the perturbed run's records are not bit-for-bit the unperturbed ones
+    (the training loss after the first epoch differs)."""
+    size = dataclasses.replace(toy_findings["size"], seeds=(0,), worlds=(0,))
+    plain = judge_study(size, ("self",), clo_overrides={"epochs": 1, "curriculum": "off"})
+    moved = judge_study(size, ("self",), clo_overrides={"epochs": 1, "curriculum": "off"}, perturbation=PERTURBATION)
+    loss = [next(r["train_loss"] for r in recs["self"] if r["epoch"] == 1) for recs in (plain, moved)]
+    assert loss[0] != loss[1]
+    assert abs(loss[0] - loss[1]) < 1e-3 * abs(loss[0])
