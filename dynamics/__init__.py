@@ -10,7 +10,9 @@ executable at three scales through one model protocol:
 - :mod:`dynamics.losses`   SFT and DPO-family objectives;
 - :mod:`dynamics.protocol` the model protocol every scale implements;
 - :mod:`dynamics.clo`      Algorithms 1-2 (self-judged data building, curriculum replay), training;
-- :mod:`dynamics.metrics`  non-unification, attribution, win rate, false-positive correction;
+- :mod:`dynamics.metrics`  non-unification, attribution, win rate, false-positive correction, and
+  the one threshold rule (``P(yes) >= threshold``);
+- :mod:`dynamics.alarm`    the co-degradation alarm (external accuracy falls while Non falls);
 - :mod:`dynamics.sim`      the single-token simulator; :mod:`dynamics.toy` the scene-world
   transformer; :mod:`dynamics.full` real unified MLLMs (Janus-Pro).
 """

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dynamics.clo import CLOConfig
 
-__all__ = ["CLO_HELP", "clo_config", "clo_parser", "parse_args"]
+__all__ = ["CLO_HELP", "add_alarm_flag", "alarm_hook", "clo_config", "clo_parser", "parse_args"]
 
 CLO_HELP = {
     "candidates": "N images sampled per prompt (Algorithm 1; paper: 10)",
@@ -101,3 +101,22 @@ def clo_config(args: argparse.Namespace) -> CLOConfig:
     cfg = CLOConfig(**kw)
     cfg.validate()
     return cfg
+
+
+def add_alarm_flag(group) -> None:
+    """``--alarm-tolerance``, the same at every scale (:class:`dynamics.alarm.EpochAlarm`)."""
+    group.add_argument("--alarm-tolerance", type=float, default=0.01,
+                       help="co-degradation alarm: warn when the external judge's accuracy falls by more than this "
+                            "(a fraction in [0, 1]; 1 = never) while Non falls, against the previous epoch or the "
+                            "pre-trained model")
+
+
+def alarm_hook(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The co-degradation alarm named by ``--alarm-tolerance``, checked (a parser error naming the
+    flag and value) before any expensive work; pass it to :func:`dynamics.clo.run_clo` as ``on_epoch``."""
+    from dynamics.alarm import EpochAlarm
+
+    tol = args.alarm_tolerance
+    if not 0.0 <= tol <= 1.0:  # also refuses nan
+        parser.error(f"--alarm-tolerance must lie in [0, 1], got {tol}")
+    return EpochAlarm(tolerance=tol)

@@ -50,13 +50,14 @@ __all__ = [
     "parse_curriculum",
     "replay",
     "run_clo",
+    "train_batch",
 ]
 
 log = logging.getLogger(__name__)
 
 LOSSES = ("sft", "dpo")
 OPTIMIZERS = ("sgd", "adam")
-DPO_VARIANTS = ("sigmoid", "ipo", "hinge", "robust", "conservative")
+DPO_VARIANTS = _losses.DPO_VARIANTS
 
 
 class NonFiniteLossError(RuntimeError):
@@ -315,7 +316,7 @@ def build_data(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *,
         return {"images": images, **_judge_candidates(model, external, judge, cfg, ids, images, s)}
 
     got = _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "sampling + judging", cfg.progress)
-    accepted = got["score"] >= cfg.threshold
+    accepted = _metrics.accepts(got["score"], cfg.threshold)
     data = CLOData(
         prompt_ids=prompt_ids.clone(),
         images=got["images"],
@@ -435,7 +436,8 @@ def make_eval_set(model, cfg, prompt_ids, *, external, seeds: list[int]) -> Eval
         return out
 
     got = _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "evaluation set", cfg.progress)
-    return EvalSet(prompt_ids.clone(), got["images"], got["p_yes"] >= cfg.threshold, got.get("ext"))
+    pre_yes = _metrics.accepts(got["p_yes"], cfg.threshold)
+    return EvalSet(prompt_ids.clone(), got["images"], pre_yes, got.get("ext"))
 
 
 def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external, seeds: list[int],
@@ -446,7 +448,7 @@ def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external
 
     def one(ids, s, _start):
         images = model.sample(ids, cfg.eval_candidates, seed=_seed_arg(s))
-        out = {"own": model.judge(ids, images) >= cfg.threshold}
+        out = {"own": _metrics.accepts(model.judge(ids, images), cfg.threshold)}
         if external is not None:
             out["ext"] = external(ids, images).bool()
         return out
@@ -454,8 +456,8 @@ def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external
     cur = _map_prompts(one, eval_set.prompt_ids, cfg.chunk_size, seeds, "evaluating", cfg.progress)
 
     def judge_pre(ids, s, start):
-        return {"yes": model.judge(ids, eval_set.images[:, start : start + len(ids)].to(_device(model)))
-                >= cfg.threshold}
+        p_yes = model.judge(ids, eval_set.images[:, start : start + len(ids)].to(_device(model)))
+        return {"yes": _metrics.accepts(p_yes, cfg.threshold)}
 
     pre_cur = _map_prompts(judge_pre, eval_set.prompt_ids, cfg.chunk_size, seeds, "re-judging", cfg.progress)["yes"]
 
@@ -484,10 +486,6 @@ def evaluate(model: UnifiedModel, cfg: CLOConfig, eval_set: EvalSet, *, external
             s = summary(cols)
             for r in range(R):
                 out[r].setdefault("groups", {})[name] = {k: v[r].item() for k, v in s.items()}
-    extra = getattr(model, "exact_metrics", None)
-    if callable(extra):
-        for r, d in enumerate(extra()):
-            out[r].update(d)
     return out
 
 
@@ -518,7 +516,8 @@ def _batches(data: CLOData, cfg: CLOConfig, seeds: list[int]) -> list[tuple[torc
     return out
 
 
-def _train_batch(data: CLOData, cfg: CLOConfig, cols: torch.Tensor, member: torch.Tensor, device) -> TrainBatch:
+def train_batch(data: CLOData, cfg: CLOConfig, cols: torch.Tensor, member: torch.Tensor, device) -> TrainBatch:
+    """The training minibatch of prompt columns ``cols`` (``member``: which replicas train on each)."""
     ids = data.prompt_ids[cols]
     if cfg.loss == "sft":
         w = data.accepted[:, cols] & member[..., None]
@@ -657,7 +656,7 @@ def run_clo(
             batches = _batches(data, cfg, replica_seeds(cfg, R, 3, epoch))
             for step, (cols, member) in enumerate(tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress or rank != 0,
                                              leave=False)):
-                batch = _train_batch(data, cfg, cols, member, _device(model))
+                batch = train_batch(data, cfg, cols, member, _device(model))
                 for h in hooks:
                     h.before_step(model, batch, cfg.lr)
                 opt.zero_grad(set_to_none=True)
@@ -740,14 +739,15 @@ def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra
     per = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, len(eval_set.images), 4),
                    groups=groups)
     R = len(per)
+    if data.external_yes is not None:  # the share of the self-judged set the external judge accepts
+        precision = _metrics.rate(data.external_yes, data.accepted)[0]
     out = []
     for r in range(R):
         rec = {"epoch": epoch, "seed": cfg.seed + r if R > 1 else cfg.seed, "replica": r}
         rec.update(per[r])
         rec["sft_size"] = int(data.sft_size()[r])
         if data.external_yes is not None:
-            acc = data.accepted[r]
-            rec["sft_precision"] = (data.external_yes[r] & acc).sum().item() / max(1, acc.sum().item())
+            rec["sft_precision"] = precision[r].item()
         rec["discard_size"] = int(data.pool[r].sum())
         rec["replayed_prompts"] = int(data.replayed[r].sum())
         if cfg.loss == "dpo":

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from dynamics.metrics import accepts
+
 __all__ = ["JUDGE_KINDS", "Judge", "parse_judge"]
 
 JUDGE_KINDS = ("self", "oracle", "external", "all", "noisy", "corrupt")
@@ -95,7 +97,7 @@ def _invert(score: torch.Tensor, p: float, threshold: float, generator) -> torch
         if len(generator) != score.shape[0]:
             raise ValueError(f"{len(generator)} generators for {score.shape[0]} replicas")
         flip = torch.stack([torch.rand(score.shape[1:], generator=g, dtype=torch.float64) for g in generator]) < p
-    accepted = score >= threshold
+    accepted = accepts(score, threshold)
     return torch.where(flip.to(score.device), _place(score, ~accepted, threshold), score)
 
 

@@ -22,8 +22,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dynamics.theory._checks import float_tensor, mask_or_ones
-from dynamics.theory._closed_forms import DPO_VARIANTS, _check_variant
+from dynamics.theory.checks import DPO_VARIANTS, dpo_settings, float_tensor, mask_or_ones
 
 __all__ = ["DPO_VARIANTS", "dpo_loss", "preference_loss", "sequence_logprob", "sft_nll"]
 
@@ -158,7 +157,7 @@ def dpo_loss(
             f"{tuple(logp_chosen.shape)}, logp_rejected {tuple(logp_rejected.shape)}, ref_chosen "
             f"{tuple(ref_chosen.shape)}, ref_rejected {tuple(ref_rejected.shape)}"
         ) from err
-    beta, eps, margin = _check_variant(variant, beta, eps, margin)
+    beta, eps, margin = dpo_settings(variant, beta, eps, margin)
     h = (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
     if variant == "sigmoid":
         return -F.logsigmoid(beta * h)

@@ -43,7 +43,7 @@ Example (the protocol is structural: any object with these members conforms)::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -167,7 +167,6 @@ class TrainBatch:
     rejected: torch.Tensor | None = None
     ref_chosen: torch.Tensor | None = None
     ref_rejected: torch.Tensor | None = None
-    extras: dict = field(default_factory=dict)
 
 
 def check_images(images: torch.Tensor, *, replicas: int, batch: int) -> torch.Tensor:

@@ -219,7 +219,7 @@ def test_bench_toy_default_quick(tmp_path):
 
 
 def test_toy_figure_scripts_exist_and_one_runs_quick(tmp_path):
-    from dynamics.figures.toy import FIGURES
+    from dynamics.runs.figures import FIGURES
 
     assert {f"fig_{n}" for n in FIGURES} <= {p.stem for p in (ROOT / "paper_figures").glob("fig_*.py")}
     r = run([ROOT / "paper_figures" / "fig_toy_judges.py", "--quick", "--seeds", "2", "--out", tmp_path], timeout=600)
@@ -227,3 +227,116 @@ def test_toy_figure_scripts_exist_and_one_runs_quick(tmp_path):
     summary = json.loads((tmp_path / "fig_toy_judges.json").read_text())
     assert {row["judge"] for row in summary["rows"]} == {"self", "all", "oracle", "corrupt:0.9"}
     assert (tmp_path / "fig_toy_judges.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------ the threshold and the external judges
+
+
+def test_threshold_reaches_the_toy_gap_check(tmp_path, monkeypatch):
+    """--threshold is the gap check's threshold too (one rule: P(yes) >= threshold)."""
+    from dynamics.toy import pretrain as toy_pretrain
+
+    seen = []
+    real = toy_pretrain.gap_report
+    monkeypatch.setattr(toy_pretrain, "gap_report", lambda *a, **k: seen.append(k.get("threshold")) or real(*a, **k))
+    with pytest.raises(SystemExit, match="lacks the internal gap"):  # a 5-step model has no gap
+        full_clo(["--toy-preset", "tiny", "--pretrain-steps", "5", "--threshold", "0.7",
+                  "--cache-dir", tmp_path / "cache"], tmp_path / "run")
+    assert seen == [0.7]
+
+
+GENEVAL_TINY = [
+    {"tag": "single_object", "prompt": "a photo of a cat", "include": [{"class": "cat", "count": 1}]},
+    {"tag": "single_object", "prompt": "a photo of a cup", "include": [{"class": "cup", "count": 1}]},
+    {"tag": "two_object", "prompt": "a photo of a cat and a dog",
+     "include": [{"class": "cat", "count": 1}, {"class": "dog", "count": 1}]},
+    {"tag": "colors", "prompt": "a photo of a red car", "include": [{"class": "car", "count": 1, "color": "red"}]},
+]
+
+
+def _geneval_prompts(tmp_path):
+    f = tmp_path / "geneval.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in GENEVAL_TINY))
+    return f
+
+
+def _detections(candidate: str):
+    """A detector's output, as a function of the image: every class or nothing."""
+    from dynamics.full.geneval import Detection
+
+    if int(candidate[0], 16) % 2:
+        return []
+    return [Detection(c, (30 * i, 0, 30 * i + 20, 20), 0.9, color="red") for i, c in enumerate(("cat", "cup", "dog", "car"))]
+
+
+def test_external_detector_file_on_tiny_janus_equals_the_file_of_its_verdicts(tmp_path, monkeypatch):
+    """--external detector:<file>: the run's candidates scored by GenEval's rules over a file of per-image
+    detections give the records of a run judged by a file of those verdicts (--external file:)."""
+    import torch
+
+    from dynamics.full.external import DetectionFile, FileJudge, candidate_hash
+    from dynamics.full.geneval import score
+    from dynamics.full.janus import JanusUnified
+    from dynamics.protocol import PromptSet
+
+    prompts = _geneval_prompts(tmp_path)
+    args = tiny(tmp_path, "--judge", "all", prompts=prompts)
+    sampled = []
+    real_sample = JanusUnified.sample
+    monkeypatch.setattr(JanusUnified, "sample",
+                        lambda self, ids, n, *, seed: sampled.append((ids.clone(), out := real_sample(self, ids, n, seed=seed)))
+                        or out)
+    full_clo(args, tmp_path / "plain")
+    monkeypatch.setattr(JanusUnified, "sample", real_sample)
+    ps = PromptSet([r["prompt"] for r in GENEVAL_TINY], tags=[r["tag"] for r in GENEVAL_TINY])
+    dets, labels = tmp_path / "detections.jsonl", tmp_path / "labels.jsonl"
+    for ids, images in sampled:
+        per = [[[_detections(candidate_hash(images[r, b, k])) for k in range(images.shape[2])]
+                for b in range(images.shape[1])] for r in range(images.shape[0])]
+        DetectionFile.write(dets, images, per, append=True)
+        ok = torch.tensor([[[score(GENEVAL_TINY[int(i)], per[r][b][k])[0] for k in range(images.shape[2])]
+                            for b, i in enumerate(ids.tolist())] for r in range(images.shape[0])])
+        FileJudge.write(labels, ps, ids, images, ok, append=True)
+    by_detector = full_clo(args + ["--external", f"detector:{dets}"], tmp_path / "detector")
+    by_file = full_clo(args + ["--external", f"file:{labels}"], tmp_path / "file")
+    assert by_detector == by_file
+    accs = [r["gen_acc"] for r in by_detector]
+    assert len(accs) == 2 and any(0.0 < a < 1.0 for a in accs + [r["sft_precision"] for r in by_detector])
+    assert "und_fp_rate" in by_detector[0] and "win_rate" in by_detector[-1]
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"candidate": "' + "0" * 64 + '", "detections": [{"label": "cat", "box": [0, 0, 9], "confidence": 0.9}]}\n',
+     r"detections\.jsonl:1: field 'detections\[0\]\.box' must be \[x0, y0, x1, y1\]"),
+    ('{"candidate": "' + "0" * 64 + '", "detections": []}\n{"detections": []}\n',
+     r"detections\.jsonl:2: missing field 'candidate'"),
+    (None, r"no detection file at .*missing\.jsonl"),
+], ids=["bad-box", "no-candidate", "no-file"])
+def test_external_detector_file_is_checked_before_the_model_loads(tmp_path, monkeypatch, capsys, content, match):
+    import re
+
+    from dynamics.full.janus import JanusUnified
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the detection file was checked")
+
+    monkeypatch.setattr(JanusUnified, "from_pretrained", no_model)
+    path = tmp_path / ("detections.jsonl" if content is not None else "missing.jsonl")
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, "--external", f"detector:{path}", prompts=_geneval_prompts(tmp_path)))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and re.search(match, err[0]), err
+
+
+def test_external_detector_needs_geneval_rules(tmp_path, monkeypatch, capsys):
+    """Text prompt lists carry no GenEval rules: refused, naming the prompt, before the model loads."""
+    from dynamics.full.janus import JanusUnified
+
+    monkeypatch.setattr(JanusUnified, "from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    dets = tmp_path / "d.jsonl"
+    dets.write_text('{"candidate": "' + "0" * 64 + '", "detections": []}\n')
+    with pytest.raises(SystemExit):
+        full_clo(tiny(tmp_path, "--external", f"detector:{dets}"))
+    assert "prompt 0 'a red cube' (" in capsys.readouterr().err

@@ -1,11 +1,10 @@
-"""External judges (file, detector, VLM) and the co-degradation alarm."""
+"""External judges (file, detector, file of detections, VLM)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import struct
-import warnings
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,13 @@ import torch
 
 from dynamics.full.data import load_geneval
 from dynamics.full.external import (
-    CoDegradationAlarm,
-    CoDegradationWarning,
+    DetectionFile,
     DetectorJudge,
     FileJudge,
     MissingJudgementError,
     TransformersYesNo,
     VLMJudge,
     candidate_hash,
-    probe,
 )
 from dynamics.full.geneval import Detection, score
 from dynamics.protocol import ExternalJudge, PromptSet
@@ -225,6 +222,88 @@ def test_detector_judge_on_real_geneval_prompts_and_bad_decode():
         judge(torch.tensor([553]), images_like(1, 1, 1, 3))
 
 
+# ---------------------------------------------------------------- DetectionFile (--external detector:<file>)
+
+
+def test_detection_file_judge_equals_the_detector_it_records(tmp_path):
+    """A file of the detector's detections, scored by GenEval's rules, gives the verdicts and reasons of
+    the detector itself; candidates are looked up by content, not position."""
+    ps = PromptSet([t for t, _, _ in RULES], tags=[g for _, g, _ in RULES], meta=[m for _, _, m in RULES])
+    ids = torch.tensor([2, 0, 1])
+    images = images_like(2, 3, 4, 4, seed=3)
+    path = tmp_path / "d.jsonl"
+    dets = [[[toy_detector(images[r, b, k]) for k in range(4)] for b in range(3)] for r in range(2)]
+    assert DetectionFile.write(path, images, dets) == 24
+    live = DetectorJudge(toy_detector, ps, decode=lambda t: list(t))
+    from_file = DetectorJudge.from_file(path, ps)
+    want = live(ids, images)
+    assert torch.equal(from_file(ids, images), want) and from_file.last_reasons == live.last_reasons
+    perm = torch.tensor([1, 2])
+    assert torch.equal(from_file(ids[perm], images[:, perm].flip(2)), want[:, perm].flip(2))
+    assert 0 < int(want.sum()) < want.numel()
+
+
+def test_detection_file_missing_candidate_names_prompt_and_position(tmp_path):
+    ps = PromptSet([t for t, _, _ in RULES], tags=[g for _, g, _ in RULES], meta=[m for _, _, m in RULES])
+    images = images_like(1, 2, 2, 4)
+    path = tmp_path / "d.jsonl"
+    DetectionFile.write(path, images, [[[[], []], [[], []]]])
+    other = images.clone()
+    other[0, 1, 0, 0] += 1
+    with pytest.raises(
+        MissingJudgementError,
+        match=r"no detections for 1 of 4 candidates: .*d\.jsonl: no detections for candidate [0-9a-f]{12}\.\.\. "
+        r"\(prompt 'a photo of two cups', id 1, at \[r=0, b=1, k=0\]\)",
+    ):
+        DetectorJudge.from_file(path, ps)(torch.tensor([0, 1]), other)
+
+
+GOOD = {"label": "cat", "box": [0, 0, 9, 9], "confidence": 0.9}
+
+
+@pytest.mark.parametrize(
+    "row, match",
+    [
+        ('{"candidate": ', r"d\.jsonl:2: malformed JSON"),
+        ('[1, 2]', r"d\.jsonl:2: expected a JSON object, got list"),
+        ({"detections": []}, r"d\.jsonl:2: missing field 'candidate'"),
+        ({"candidate": "0" * 64}, r"d\.jsonl:2: missing field 'detections'"),
+        ({"candidate": "xyz", "detections": []}, r"d\.jsonl:2: field 'candidate' must be a 64-digit"),
+        ({"candidate": "0" * 64, "detections": {}}, r"d\.jsonl:2: field 'detections' must be a list"),
+        ({"candidate": "0" * 64, "detections": [GOOD, "cat"]}, r"d\.jsonl:2: field 'detections\[1\]' must be an object"),
+        ({"candidate": "0" * 64, "detections": [{"label": "cat", "box": [0, 0, 1, 1]}]},
+         r"d\.jsonl:2: field 'detections\[0\]' has no 'confidence'"),
+        ({"candidate": "0" * 64, "detections": [{**GOOD, "label": ""}]}, r"d\.jsonl:2: field 'detections\[0\]\.label'"),
+        ({"candidate": "0" * 64, "detections": [{**GOOD, "box": [0, 0, 9]}]},
+         r"d\.jsonl:2: field 'detections\[0\]\.box' must be \[x0, y0, x1, y1\]"),
+        ({"candidate": "0" * 64, "detections": [{**GOOD, "box": [9, 0, 0, 9]}]},
+         r"d\.jsonl:2: field 'detections\[0\]\.box' \[9, 0, 0, 9\] needs x0 <= x1"),
+        ({"candidate": "0" * 64, "detections": [{**GOOD, "confidence": 1.5}]},
+         r"d\.jsonl:2: field 'detections\[0\]\.confidence' must be a number in \[0, 1\], got 1\.5"),
+        ({"candidate": "0" * 64, "detections": [{**GOOD, "color": "teal"}]},
+         r"d\.jsonl:2: field 'detections\[0\]\.color' 'teal' is not a GenEval colour"),
+        ({"candidate": "1" * 64, "detections": []}, r"d\.jsonl:2: detections of candidate 111111111111\.\.\. contradict line 1"),
+    ],
+)
+def test_detection_file_bad_lines_name_file_line_and_field(tmp_path, row, match):
+    path = tmp_path / "d.jsonl"
+    first = json.dumps({"candidate": "1" * 64, "detections": [GOOD]})
+    path.write_text(first + "\n" + (row if isinstance(row, str) else json.dumps(row)) + "\n")
+    with pytest.raises(ValueError, match=match):
+        DetectionFile(path)
+
+
+def test_detection_file_missing_empty_and_duplicate_lines(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no detection file"):
+        DetectionFile(tmp_path / "nope.jsonl")
+    (tmp_path / "e.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match="detection file is empty"):
+        DetectionFile(tmp_path / "e.jsonl")
+    same = json.dumps({"candidate": "1" * 64, "detections": [GOOD], "prompt": "a cat"})
+    (tmp_path / "s.jsonl").write_text(same + "\n" + same + "\n")  # a repeated line, extra fields: fine
+    assert DetectionFile(tmp_path / "s.jsonl").table["1" * 64][0] == [Detection("cat", (0, 0, 9, 9), 0.9)]
+
+
 # ---------------------------------------------------------------- VLMJudge
 
 
@@ -391,73 +470,6 @@ def test_transformers_yes_no_on_a_tiny_random_vlm():
         TransformersYesNo(model, processor, yes=("maybe yes",))
     with pytest.raises(ValueError, match="overlap"):
         TransformersYesNo(model, processor, yes=("yes",), no=("yes",))
-
-
-# ---------------------------------------------------------------- co-degradation alarm
-
-
-def test_alarm_fires_only_when_external_falls_while_non_improves():
-    alarm = CoDegradationAlarm()
-    assert alarm.update(0, 0.60, 0.30) is False
-    # co-improvement: external up, Non down
-    assert alarm.update(1, 0.65, 0.25) is False
-    # plain degradation Non sees: external down, Non up
-    assert alarm.update(2, 0.62, 0.28) is False
-    with pytest.warns(
-        CoDegradationWarning,
-        match=r"epoch 3: co-degradation: external accuracy 0\.620 -> 0\.580 while Non 0\.280 -> 0\.200 \(vs epoch 2\)",
-    ):
-        assert alarm.update(3, 0.58, 0.20) is True
-    assert [h["alarm"] for h in alarm.history] == [False, False, False, True]
-
-
-def test_alarm_tolerance_and_slow_drift_against_the_start():
-    alarm = CoDegradationAlarm(tolerance=0.03)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert not alarm.update(0, 0.60, 0.30)
-        assert not alarm.update(1, 0.58, 0.28)  # -0.02 against both references: within tolerance
-    with pytest.warns(CoDegradationWarning, match=r"vs epoch 0\)$"):
-        assert alarm.update(2, 0.56, 0.26)  # -0.02 per epoch, -0.04 since the start
-    strict = CoDegradationAlarm(non_tolerance=0.05)
-    strict.update(0, 0.6, 0.3)
-    assert not strict.update(1, 0.5, 0.28)  # Non improved by less than its tolerance
-
-
-def test_alarm_bad_input_and_resume():
-    alarm = CoDegradationAlarm(tolerance=0.01)
-    with pytest.raises(ValueError, match=r"external_acc must be a fraction in \[0, 1\] \(not %\), got 60"):
-        alarm.update(0, 60, 0.3)
-    with pytest.raises(ValueError, match="non must be a fraction"):
-        alarm.update(0, 0.6, float("nan"))
-    alarm.update(0, 0.6, 0.3)
-    with pytest.raises(ValueError, match="epoch 0 is not after the last recorded epoch 0"):
-        alarm.update(0, 0.6, 0.3)
-    with pytest.raises(ValueError, match="tolerance must be in"):
-        CoDegradationAlarm(tolerance=-0.1)
-    restored = CoDegradationAlarm()
-    restored.load_state_dict(json.loads(json.dumps(alarm.state_dict())))
-    assert restored == alarm
-    with pytest.warns(CoDegradationWarning):
-        assert restored.update(1, 0.5, 0.2)
-
-
-def test_probe_counts_external_accepts_and_self_rejections():
-    class Model:
-        def sample(self, ids, n, *, seed):
-            g = torch.Generator().manual_seed(seed)
-            return torch.randint(0, 2, (1, len(ids), n, 1), generator=g)
-
-        def judge(self, ids, images):
-            return images[..., 0].float() * 0.9  # P(yes) 0.9 for token 1, 0 for token 0
-
-    ext = lambda ids, images: images[..., 0] == 1
-    acc, non = probe(Model(), ext, torch.arange(50), n=4, seed=0)
-    tokens = Model().sample(torch.arange(50), 4, seed=0)
-    assert acc == pytest.approx(tokens.float().mean().item())
-    assert non == pytest.approx(1 - acc)
-    with pytest.raises(ValueError, match="n must be >= 1"):
-        probe(Model(), ext, torch.arange(2), n=0, seed=0)
 
 
 # ---------------------------------------------------------------- on the tiny Janus-Pro

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -75,3 +76,11 @@ def test_replicas_are_reduced_separately():
 def test_fp_corrections_flag_wrong_yes_turned_right_no():
     pre, cur, ext = t([True, True, False]), t([False, False, False]), t([False, True, False])
     assert metrics.false_positive_corrections(pre, cur, ext).tolist() == [[True, False, False]]
+
+
+def test_a_probability_at_the_threshold_is_a_yes():
+    """The one threshold rule (the loop's): P(yes) >= threshold; with '>' the middle entry would be a no."""
+    p = torch.tensor([[0.25, 0.5, 0.75]], dtype=torch.float64)
+    assert metrics.accepts(p, 0.5).tolist() == [[False, True, True]]
+    assert metrics.accepts(p, 0.75).tolist() == [[False, False, True]]
+    assert metrics.non_unification(metrics.accepts(p, 0.5)).item() == pytest.approx(1 / 3)

@@ -15,6 +15,7 @@ from dynamics.toy.pretrain import (
     GapError,
     cache_key,
     check_gap,
+    gap_report,
     load_checkpoint,
     pretrain,
     save_checkpoint,
@@ -254,3 +255,21 @@ def test_check_gap():
     # an understanding that says "no" to everything looks perfect on a generator that never succeeds
     with pytest.raises(GapError, match="balanced probes 0.500"):
         check_gap(m, {"all": {**base, "gen_acc": 0.0, "und_acc": 1.0, "attribution": 1.0, "und_acc_balanced": 0.5}})
+
+
+def test_gap_report_counts_a_probability_at_the_threshold_as_yes(monkeypatch):
+    """The gap check reads own verdicts by the loop's rule, P(yes) >= threshold: a model answering
+    exactly the threshold accepts everything (Non 0, every truly wrong sample a false positive);
+    with the rule '>' it would reject everything (Non 1)."""
+    m = ToyModel(ToyConfig.preset("tiny"), seed=0)
+    monkeypatch.setattr(m, "judge", lambda ids, images: torch.full(images.shape[:3], 0.625))
+    a = gap_report(m, n=2, threshold=0.625)["all"]
+    assert a["non"] == 0.0 and a["n_rejected"] == 0 and not a["fn_rate"] > 0.0  # NaN: no aligned sample
+    assert a["fp_rate"] == 1.0 and a["und_acc"] == a["gen_acc"] < 1.0
+    assert a["und_acc_balanced"] >= 0.5  # a yes to every canonical scene and every hard negative
+    above = gap_report(m, n=2, threshold=0.626)["all"]
+    assert above["non"] == 1.0 and above["fp_rate"] == 0.0 and above["attribution"] == 1.0 - above["gen_acc"]
+    # and the check reads the report at the threshold it is given
+    with pytest.raises(GapError, match="understanding accuracy .* does not exceed generation accuracy"):
+        check_gap(m, n=2, threshold=0.625)
+

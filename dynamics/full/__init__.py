@@ -7,9 +7,10 @@ image-token sampler (KV cache, classifier-free guidance, per-row seeds) and the 
 :class:`dynamics.protocol.UnifiedModel`, plus the real-model eNTK probe;
 :mod:`dynamics.full.data` loads prompt sets (GenEval JSONL, T2I-CompBench text lists) with errors
 naming file and line; :mod:`dynamics.full.geneval` holds GenEval's scoring rules over detections;
-:mod:`dynamics.full.external` the external judges (a file of judgements, a detector, any transformers
-VLM) and the co-degradation alarm; :mod:`dynamics.full.distributed` sharding, gathering and DDP
-wrapping for torchrun / accelerate.
+:mod:`dynamics.full.external` the external judges (a file of judgements, GenEval's rules over a
+detector or a file of detections, any transformers VLM), which feed the co-degradation alarm of
+:mod:`dynamics.alarm`; :mod:`dynamics.full.distributed` the process group and the DDP wrapper for
+torchrun (the CLO loop shards prompts over ranks itself).
 
 Example::
 

@@ -1,4 +1,4 @@
-"""External judges at the full scale, and the co-degradation alarm.
+"""External judges at the full scale (the co-degradation alarm they feed is :mod:`dynamics.alarm`).
 
 An external judge is any judge that is not the model being trained (see
 :class:`dynamics.protocol.ExternalJudge`): it maps ``(prompt_ids (B,), images (R, B, K, M))`` to
@@ -8,15 +8,13 @@ callable, ``(N, M) long tensor -> N images`` (PIL images or pixel arrays), and t
 
 - :class:`FileJudge`: judgements read from a JSONL file (human labels, or a cached run of an
   expensive judge), keyed by prompt and :func:`candidate_hash`; :meth:`FileJudge.write` writes one.
-- :class:`DetectorJudge`: GenEval's rules (:mod:`dynamics.full.geneval`) over a pluggable detector.
+- :class:`DetectorJudge`: GenEval's rules (:mod:`dynamics.full.geneval`) over a pluggable detector,
+  or over a :class:`DetectionFile` of per-image detections (:meth:`DetectorJudge.from_file`).
 - :class:`VLMJudge`: a vision-language model asked a yes/no question; either a user callable
   ``(images, questions) -> P(yes)`` or any transformers VLM with a processor
   (:meth:`VLMJudge.from_transformers`), ``P(yes)`` read from the first answer token's logits.
 - :func:`model_decoder` adapts a model's own ``decode`` (``(R, B, K, M)`` tokens to pixels) to that
   ``decode`` signature.
-- :class:`CoDegradationAlarm`: watches a held-out probe set scored by an external judge during
-  training and warns (:class:`CoDegradationWarning`) when external accuracy falls while the
-  non-unification score improves: the paper's co-degradation, which Non alone cannot see.
 
 Example::
 
@@ -37,22 +35,28 @@ import hashlib
 import json
 import math
 import os
-import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from dynamics.full.geneval import ColorClassifier, Detector, GenEvalConfig, score, validate_rule
+from dynamics.full.geneval import (
+    COLORS,
+    ColorClassifier,
+    Detection,
+    Detector,
+    GenEvalConfig,
+    score,
+    validate_rule,
+)
 from dynamics.protocol import PromptSet, check_images
 
 __all__ = [
     "DEFAULT_QUESTION",
-    "CoDegradationAlarm",
-    "CoDegradationWarning",
+    "DetectionFile",
     "DetectorJudge",
     "FileJudge",
     "MissingJudgementError",
@@ -60,7 +64,6 @@ __all__ = [
     "VLMJudge",
     "candidate_hash",
     "model_decoder",
-    "probe",
 ]
 
 #: The yes/no question asked of a VLM judge; ``{prompt}`` is replaced by the prompt text.
@@ -305,6 +308,132 @@ class FileJudge:
         return n
 
 
+class DetectionFile:
+    """A :class:`~dynamics.full.geneval.Detector` read from a JSONL file of per-image detections (a
+    detector run offline over a run's decoded samples), one object a line:
+
+    ``{"candidate": "<candidate_hash>", "detections": [{"label": "cat", "box": [x0, y0, x1, y1],
+    "confidence": 0.93, "color": "black"}]}``
+
+    ``candidate`` is the :func:`candidate_hash` of the image's tokens; ``detections`` lists the raw
+    detections of that image (possibly none: ``[]``), each with a class ``label``, a ``box`` in pixels
+    (y downwards, ``x0 <= x1``, ``y0 <= y1``), a ``confidence`` in [0, 1] and, for colour rules, a
+    ``color`` among GenEval's :data:`~dynamics.full.geneval.COLORS` (or null). GenEval's rules filter
+    them (:func:`~dynamics.full.geneval.score`), so keep every detection, not only confident ones. An
+    image's detections do not depend on the prompt, so lines are keyed by candidate alone; other
+    fields (``prompt``, ``prompt_id``, ``detector``) are allowed and ignored. Every line is checked on
+    load, errors naming file, line and field; calling it with an image the file lacks raises
+    :class:`MissingJudgementError`.
+
+    >>> import pathlib, tempfile
+    >>> from dynamics.full.geneval import Detection
+    >>> images = torch.tensor([[[[5, 6], [7, 8]]]])                      # (1, 1, 2, 2)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "detections.jsonl"
+    >>> DetectionFile.write(path, images, [[[[Detection("cat", (0, 0, 9, 9), 0.9)], []]]])
+    2
+    >>> DetectionFile(path)(images[0, 0, 0])
+    [Detection(label='cat', box=(0.0, 0.0, 9.0, 9.0), confidence=0.9, color=None)]
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.table: dict[str, tuple[list[Detection], int, str]] = {}
+        if not self.path.is_file():
+            raise FileNotFoundError(f"DetectionFile: no detection file at {self.path}")
+        with open(self.path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip() == "":
+                    continue
+                cand, dets = self._parse(line, lineno)
+                old = self.table.get(cand)
+                if old is not None and old[2] != json.dumps(dets, sort_keys=True):
+                    raise self._err(lineno, f"detections of candidate {cand[:12]}... contradict line {old[1]}")
+                if old is None:
+                    self.table[cand] = ([Detection(**d) for d in dets], lineno, json.dumps(dets, sort_keys=True))
+        if not self.table:
+            raise ValueError(f"{self.path}: the detection file is empty")
+
+    def _err(self, lineno: int, msg: str) -> ValueError:
+        return ValueError(f"{self.path}:{lineno}: {msg}")
+
+    def _parse(self, line: str, lineno: int) -> tuple[str, list[dict]]:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise self._err(lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise self._err(lineno, f"expected a JSON object, got {type(row).__name__}")
+        for key in ("candidate", "detections"):
+            if key not in row:
+                raise self._err(lineno, f"missing field {key!r}")
+        cand = row["candidate"]
+        if not (isinstance(cand, str) and len(cand) == 64 and all(c in "0123456789abcdef" for c in cand)):
+            raise self._err(
+                lineno, f"field 'candidate' must be a 64-digit lowercase hex candidate_hash, got {cand!r}"
+            )
+        if not isinstance(row["detections"], list):
+            raise self._err(lineno, f"field 'detections' must be a list of objects, got {row['detections']!r}")
+        out = []
+        for j, d in enumerate(row["detections"]):
+            where = f"field 'detections[{j}]"
+            if not isinstance(d, dict):
+                raise self._err(lineno, f"{where}' must be an object, got {d!r}")
+            for key in ("label", "box", "confidence"):
+                if key not in d:
+                    raise self._err(lineno, f"{where}' has no {key!r}")
+            if not isinstance(d["label"], str) or not d["label"]:
+                raise self._err(lineno, f"{where}.label' must be a non-empty class name, got {d['label']!r}")
+            box = d["box"]
+            if not (isinstance(box, list) and len(box) == 4 and all(_number(v) and math.isfinite(v) for v in box)):
+                raise self._err(lineno, f"{where}.box' must be [x0, y0, x1, y1], 4 finite numbers, got {box!r}")
+            if box[0] > box[2] or box[1] > box[3]:
+                raise self._err(lineno, f"{where}.box' {box!r} needs x0 <= x1 and y0 <= y1")
+            conf = d["confidence"]
+            if not (_number(conf) and 0.0 <= conf <= 1.0):
+                raise self._err(lineno, f"{where}.confidence' must be a number in [0, 1], got {conf!r}")
+            color = d.get("color")
+            if color is not None and color not in COLORS:
+                raise self._err(
+                    lineno, f"{where}.color' {color!r} is not a GenEval colour; allowed: {', '.join(COLORS)} or null"
+                )
+            out.append({"label": d["label"], "box": list(box), "confidence": conf, "color": color})
+        return cand, out
+
+    def __call__(self, image: torch.Tensor | Sequence[int]) -> list[Detection]:
+        """The detections of one image, given as its ``(M,)`` token ids."""
+        h = candidate_hash(image)
+        entry = self.table.get(h)
+        if entry is None:
+            raise MissingJudgementError(f"{self.path}: no detections for candidate {h[:12]}...")
+        return list(entry[0])
+
+    @staticmethod
+    def write(path: str | os.PathLike, images: torch.Tensor, detections: Sequence, *, append: bool = False) -> int:
+        """Write detections in :class:`DetectionFile`'s format; returns the number of lines written.
+
+        Args: ``images`` ``(R, B, K, M)`` token ids; ``detections`` nested ``[r][b][k]`` lists of
+        :class:`~dynamics.full.geneval.Detection`. ``append`` adds to an existing file.
+        """
+        if images.dim() != 4:
+            raise ValueError(f"images must be (R, B, K, M), got shape {tuple(images.shape)}")
+        R, B, K, _ = images.shape
+        n = 0
+        with open(path, "a" if append else "w", encoding="utf-8") as fh:
+            for r in range(R):
+                for b in range(B):
+                    for k in range(K):
+                        dets = [{"label": d.label, "box": list(d.box), "confidence": d.confidence, "color": d.color}
+                                for d in detections[r][b][k]]
+                        fh.write(json.dumps({"candidate": candidate_hash(images[r, b, k]), "detections": dets}) + "\n")
+                        n += 1
+        return n
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 class DetectorJudge:
     """GenEval's rules over a user's detector: a candidate is accepted when its decoded image's
     detections satisfy the prompt's ``include``/``exclude`` rules (:func:`dynamics.full.geneval.score`).
@@ -355,23 +484,55 @@ class DetectorJudge:
         self.classify_color, self.batch_size = classify_color, batch_size
         self.last_reasons: list = []
 
+    @classmethod
+    def from_file(
+        cls, path: str | os.PathLike, prompts: PromptSet, *, config: GenEvalConfig | None = None
+    ) -> DetectorJudge:
+        """GenEval's rules over a :class:`DetectionFile` (``--external detector:<file>``): the
+        detections are looked up by the candidates' tokens, so nothing is decoded. The prompts'
+        rules and every line of the file are checked here, before any model work.
+
+        >>> import pathlib, tempfile
+        >>> from dynamics.full.geneval import Detection
+        >>> ps = PromptSet(["a photo of a cat"], tags=["single_object"], meta=[{"include": [{"class": "cat", "count": 1}]}])
+        >>> images = torch.tensor([[[[1, 0], [2, 0]]]])
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "detections.jsonl"
+        >>> DetectionFile.write(path, images, [[[[Detection("cat", (0, 0, 9, 9), 0.9)], []]]])
+        2
+        >>> DetectorJudge.from_file(path, ps)(torch.tensor([0]), images)
+        tensor([[[ True, False]]])
+        """
+        return cls(DetectionFile(path), prompts, decode=lambda tokens: list(tokens), config=config)
+
     def __call__(self, prompt_ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         """``(R, B, K)`` bools: the decoded candidates satisfy their prompts' GenEval rules."""
         _check_call(self.prompts, prompt_ids, images, None)
         R, B, K, M = images.shape
         pics = _decode_all(self.decode, images.reshape(R * B * K, M), self.batch_size)
-        ok, reasons = [], []
+        ok, reasons, missing = [], [], []
         for n, pic in enumerate(pics):
             b = (n // K) % B
+            try:
+                detections = list(self.detector(pic))
+            except MissingJudgementError as e:  # a detection file without this image: collect, then say all
+                pid = int(prompt_ids[b])
+                missing.append(f"{e} (prompt {self.prompts.texts[pid]!r}, id {pid}, at [r={n // (B * K)}, b={b}, "
+                               f"k={n % K}])")
+                continue
             verdict, reason = score(
                 self.rows[int(prompt_ids[b])],
-                list(self.detector(pic)),
+                detections,
                 config=self.config,
                 image=pic,
                 classify_color=self.classify_color,
             )
             ok.append(verdict)
             reasons.append(reason)
+        if missing:
+            more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise MissingJudgementError(
+                f"no detections for {len(missing)} of {len(pics)} candidates: " + "; ".join(missing[:3]) + more
+            )
         self.last_reasons = [
             [reasons[(r * B + b) * K : (r * B + b + 1) * K] for b in range(B)] for r in range(R)
         ]
@@ -543,117 +704,3 @@ class TransformersYesNo:
         ly = torch.logsumexp(logp[:, self.yes_ids], dim=-1)
         ln = torch.logsumexp(logp[:, self.no_ids], dim=-1)
         return torch.sigmoid(ly - ln).cpu()
-
-
-class CoDegradationWarning(UserWarning):
-    """External accuracy on the probe set fell while the non-unification score improved."""
-
-
-@dataclass
-class CoDegradationAlarm:
-    """Flags co-degradation during training: external accuracy on a held-out probe set falls while
-    Non (the share of own generations the model's own understanding rejects) improves (falls).
-
-    :meth:`update` compares each epoch with the previous one and with the first (the pre-trained
-    model): it fires when external accuracy dropped by more than ``tolerance`` *and* Non dropped
-    by more than ``non_tolerance`` against either. It then ``warnings.warn``s a
-    :class:`CoDegradationWarning` and returns ``True``. Both quantities are fractions in [0, 1].
-
-    >>> alarm = CoDegradationAlarm(tolerance=0.02)
-    >>> alarm.update(0, external_acc=0.60, non=0.30)
-    False
-    >>> alarm.update(1, external_acc=0.59, non=0.25)   # within tolerance
-    False
-    >>> import warnings
-    >>> with warnings.catch_warnings(record=True) as caught:
-    ...     warnings.simplefilter("always")
-    ...     alarm.update(2, external_acc=0.50, non=0.20)
-    True
-    >>> print(caught[0].message)
-    epoch 2: co-degradation: external accuracy 0.590 -> 0.500 while Non 0.250 -> 0.200 (vs epoch 1); external accuracy 0.600 -> 0.500 while Non 0.300 -> 0.200 (vs epoch 0)
-    """
-
-    tolerance: float = 0.0
-    non_tolerance: float = 0.0
-    history: list[dict] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        for name in ("tolerance", "non_tolerance"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and 0.0 <= v <= 1.0):
-                raise ValueError(f"CoDegradationAlarm: {name} must be in [0, 1], got {v!r}")
-
-    def update(self, epoch: int, external_acc: float, non: float) -> bool:
-        """Record one probe result; warn and return ``True`` on co-degradation."""
-        for name, v in (("external_acc", external_acc), ("non", non)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
-                raise ValueError(
-                    f"CoDegradationAlarm.update: {name} must be a fraction in [0, 1] (not %), got {v!r}"
-                )
-        if self.history and epoch <= self.history[-1]["epoch"]:
-            raise ValueError(
-                f"CoDegradationAlarm.update: epoch {epoch} is not after the last recorded epoch {self.history[-1]['epoch']}"
-            )
-        refs = []
-        if self.history:
-            refs.append(self.history[-1])
-            if self.history[0] is not self.history[-1]:
-                refs.append(self.history[0])
-        msgs = []
-        for ref in refs:
-            if ref["external_acc"] - external_acc > self.tolerance and ref["non"] - non > self.non_tolerance:
-                msgs.append(
-                    f"external accuracy {ref['external_acc']:.3f} -> {external_acc:.3f} while Non "
-                    f"{ref['non']:.3f} -> {non:.3f} (vs epoch {ref['epoch']})"
-                )
-        flag = bool(msgs)
-        self.history.append(
-            {"epoch": int(epoch), "external_acc": float(external_acc), "non": float(non), "alarm": flag}
-        )
-        if flag:
-            warnings.warn(
-                CoDegradationWarning(f"epoch {epoch}: co-degradation: " + "; ".join(msgs)), stacklevel=2
-            )
-        return flag
-
-    def state_dict(self) -> dict:
-        """Settings and history, for checkpoints and resume."""
-        return {
-            "tolerance": self.tolerance,
-            "non_tolerance": self.non_tolerance,
-            "history": [dict(h) for h in self.history],
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict`."""
-        self.tolerance, self.non_tolerance = float(state["tolerance"]), float(state["non_tolerance"])
-        self.history = [dict(h) for h in state["history"]]
-
-
-def probe(
-    model: Any,
-    external: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    prompt_ids: torch.Tensor,
-    *,
-    n: int,
-    seed: int,
-    threshold: float = 0.5,
-) -> tuple[float, float]:
-    """Score a probe set: sample ``n`` candidates per prompt, judge them with the model's own
-    understanding and with ``external``; return ``(external_acc, non)`` as fractions, where
-    ``external_acc`` is the share the external judge accepts and ``non`` the share the model's own
-    judge rejects (``P(yes) < threshold``), both over all replicas, prompts and candidates.
-
-    >>> class Const:  # a model whose own judge says P(yes) = 0.8 for everything
-    ...     def sample(self, ids, n, *, seed): return torch.zeros(1, len(ids), n, 3, dtype=torch.long)
-    ...     def judge(self, ids, images): return torch.full(images.shape[:3], 0.8)
-    >>> probe(Const(), lambda ids, images: images.sum(-1) == 0, torch.arange(4), n=2, seed=0)
-    (1.0, 0.0)
-    """
-    if n < 1:
-        raise ValueError(f"probe: n must be >= 1, got {n}")
-    with torch.no_grad():
-        images = model.sample(prompt_ids, n, seed=seed)
-        own = model.judge(prompt_ids, images)
-        ext = external(prompt_ids, images)
-    return float(ext.float().mean()), float((own < threshold).float().mean())

@@ -23,7 +23,8 @@
 
 :func:`entk_probe` checks the theory on the real architecture: for probe pairs ``o`` and a training pair
 ``u``, ``eta <grad log pi_gen(o), grad log pi_gen(u)>`` and ``eta <grad log P_und(yes|o), grad log pi_gen(u)>``
-(via :func:`dynamics.kernels.first_order_probe`) against the changes measured after one plain-SGD step on u.
+(the study layer's one-step check, :func:`dynamics.study.first_order.one_step`) against the changes
+measured after one plain-SGD step on u.
 
 Example::
 
@@ -578,19 +579,18 @@ class ProbeResult:
     extras: dict = field(default_factory=dict)
 
     def relative_error(self) -> dict[str, float]:
-        """``max |measured - predicted| / max |predicted|`` for each branch.
+        """Per branch, the one-step check's error :func:`dynamics.study.first_order.relative_error`
+        (``||measured - predicted|| / ||predicted||`` over the probes).
 
         >>> r = ProbeResult(torch.tensor([1.0, 2.0]), torch.tensor([1.1, 2.0]), torch.tensor([1.0]),
         ...                 torch.tensor([1.0]), lr=0.1, parameter_count=3)
         >>> r.relative_error()
-        {'gen': 0.05..., 'und': 0.0}
+        {'gen': 0.0447..., 'und': 0.0}
         """
-        out = {}
-        for key in ("gen", "und"):
-            pred, meas = getattr(self, f"predicted_{key}"), getattr(self, f"measured_{key}")
-            scale = float(pred.abs().max())
-            out[key] = float((meas - pred).abs().max()) / scale if scale > 0 else math.inf
-        return out
+        from dynamics.study.first_order import relative_error
+
+        return {key: relative_error(getattr(self, f"measured_{key}"), getattr(self, f"predicted_{key}"))
+                for key in ("gen", "und")}
 
 
 def entk_probe(
@@ -613,7 +613,7 @@ def entk_probe(
     is :meth:`JanusUnified.image_logprob` (so ``cfg_mode`` applies); ``log P_und`` is
     :meth:`JanusUnified.judge_logprob`.
     """
-    from dynamics.kernels import first_order_probe
+    from dynamics.study.first_order import one_step
 
     if not (math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive finite number, got {lr}")
@@ -625,38 +625,18 @@ def entk_probe(
     train_image = torch.as_tensor(train_image).reshape(1, 1, 1, -1)
     images_o = probe_images[None, :, None, :]
     u_ids = torch.tensor([int(train_prompt_id)])
+    n = pids.numel()
 
-    def log_u():
-        return jm.image_logprob(u_ids, train_image).sum()
+    def log_o():  # both branches in one vector: generation probes first, then understanding
+        return torch.cat([jm.image_logprob(pids, images_o).reshape(-1), jm.judge_logprob(pids, images_o).reshape(-1)])
 
-    def log_gen_o():
-        return jm.image_logprob(pids, images_o).reshape(-1)
-
-    def log_und_o():
-        return jm.judge_logprob(pids, images_o).reshape(-1)
-
-    pred_gen = first_order_probe(log_gen_o, log_u, params, lr=lr)
-    pred_und = first_order_probe(log_und_o, log_u, params, lr=lr)
-    with torch.no_grad():
-        before_gen, before_und = log_gen_o().double(), log_und_o().double()
-    saved = [p.detach().clone() for p in params]
-    with torch.enable_grad():
-        grads = torch.autograd.grad(log_u(), params, allow_unused=True)
-    try:
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                if g is not None:
-                    p.add_(g, alpha=lr)
-            after_gen, after_und = log_gen_o().double(), log_und_o().double()
-    finally:
-        with torch.no_grad():
-            for p, s in zip(params, saved):
-                p.copy_(s)
+    res = one_step(log_o, lambda: jm.image_logprob(u_ids, train_image).sum(), params, lrs=[lr])
+    pred, meas = res.predicted_at(lr), res.measured[float(lr)]
     return ProbeResult(
-        predicted_gen=pred_gen.cpu(),
-        measured_gen=(after_gen - before_gen).cpu(),
-        predicted_und=pred_und.cpu(),
-        measured_und=(after_und - before_und).cpu(),
+        predicted_gen=pred[:n],
+        measured_gen=meas[:n],
+        predicted_und=pred[n:],
+        measured_und=meas[n:],
         lr=float(lr),
         parameter_count=sum(p.numel() for p in params),
     )

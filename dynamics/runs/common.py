@@ -16,10 +16,11 @@ def clean_errors(fn):
     """Run ``fn()``; report the project's known failure modes as one ``error: ...`` line and exit
     status 2 instead of a traceback (the message already names the cause)."""
     from dynamics.clo import EmptyTrainingSetError, NonFiniteLossError
+    from dynamics.full.external import MissingJudgementError
     from dynamics.records import ConfigMismatchError
 
     known = (EmptyTrainingSetError, NonFiniteLossError, ConfigMismatchError, FileExistsError, ValueError,
-             FileNotFoundError, OSError)
+             FileNotFoundError, OSError, MissingJudgementError)
     try:
         return fn()
     except known as e:

@@ -4,6 +4,8 @@ Builds a compositional world, pre-trains R = ``--seeds`` models side by side (le
 internal gap: understanding stronger than generation), runs CLO through :func:`dynamics.clo.run_clo`
 with theory tracking (measured against predicted one-step changes) and writes into ``--out``:
 config.json, metrics.jsonl (one line per seed and epoch), theory.jsonl, curves.png, summary.txt.
+The world's alignment table is the exact external judge, so the co-degradation alarm
+(:class:`dynamics.alarm.EpochAlarm`, ``--alarm-tolerance``) watches every seed.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from dynamics.cli import clo_config, clo_parser, parse_args
+from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import clean_errors, default_out, finish
 
@@ -40,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--probes", type=int, default=32,
                    help="probe pairs tracked by the theory tracker (3/4 misaligned, 1/4 aligned)")
     g.add_argument("--float64", action="store_true", help="float64 parameters (theory checks)")
+    add_alarm_flag(g)
     return p
 
 
@@ -75,18 +78,19 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         cfg = clo_config(args)
     except ValueError as e:
         parser.error(str(e))
+    alarm = alarm_hook(parser, args)
     out = args.out or default_out("sim_clo")
-    return clean_errors(lambda: _run(args, cfg, out))
+    return clean_errors(lambda: _run(args, cfg, out, alarm))
 
 
-def _run(args, cfg, out) -> list[dict]:
+def _run(args, cfg, out, alarm=None) -> list[dict]:
     world, model, pre = build(args)
     info = {"scale": "sim", "prompts": args.prompts, "tokens": args.tokens, "seeds": args.seeds,
             "world_seed": args.world_seed, "sharing": args.sharing, "understanding": args.understanding,
             "gap": args.gap, "pretrain_steps": args.pretrain_steps, "track_every": args.track_every,
             "probes": args.probes, "float64": args.float64, "pretrain_metrics": pre}
     result = run_clo(model, cfg, external=world.oracle, out_dir=str(out), resume=args.resume,
-                     hooks=hooks_for(args, world, model, cfg), run_info=info)
+                     hooks=hooks_for(args, world, model, cfg), run_info=info, on_epoch=alarm)
     finish(result.metrics, out, title=f"simulator: judge={cfg.judge} loss={cfg.loss} sharing={args.sharing} "
                                       f"understanding={args.understanding}")
     return result.metrics

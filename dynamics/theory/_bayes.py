@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from ._checks import float_tensor
+from .checks import float_tensor
 
 __all__ = [
     "bayes_delta_u",

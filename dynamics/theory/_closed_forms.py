@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import finite_float, float_tensor, int_targets, mask_or_ones, positive_float
+from .checks import DPO_VARIANTS, dpo_settings, finite_float, float_tensor, int_targets, mask_or_ones
 
 __all__ = [
     "DPO_VARIANTS",
@@ -25,9 +25,6 @@ __all__ = [
     "g_sft",
     "predicted_delta_logits",
 ]
-
-DPO_VARIANTS = ("sigmoid", "ipo", "hinge", "robust", "conservative")
-
 
 def a_matrix(logits: torch.Tensor) -> torch.Tensor:
     """``A(pi) = I - 1 pi^T``: the Jacobian of ``log softmax(z)`` with respect to ``z``.
@@ -110,19 +107,6 @@ def _dpo_dloss_dmargin(
     raise ValueError(f"variant must be one of {DPO_VARIANTS}, got {variant!r}")
 
 
-def _check_variant(variant: str, beta, eps, margin) -> tuple[float, float, float]:
-    if variant not in DPO_VARIANTS:
-        raise ValueError(f"variant must be one of {DPO_VARIANTS}, got {variant!r}")
-    beta = positive_float("beta", beta)
-    eps = finite_float("eps", eps)
-    margin = finite_float("margin", margin)
-    if variant == "robust" and not 0.0 <= eps < 0.5:
-        raise ValueError(f"robust DPO needs a flip rate eps in [0, 0.5), got eps={eps}")
-    if variant == "conservative" and not 0.0 <= eps <= 1.0:
-        raise ValueError(f"conservative DPO needs a label-smoothing eps in [0, 1], got eps={eps}")
-    return beta, eps, margin
-
-
 def dpo_coefficients(
     logratio_margin: torch.Tensor,
     *,
@@ -166,7 +150,7 @@ def dpo_coefficients(
         (-0.25, 0.25)
     """
     h = float_tensor("logratio_margin", logratio_margin)
-    beta, eps, margin = _check_variant(variant, beta, eps, margin)
+    beta, eps, margin = dpo_settings(variant, beta, eps, margin)
     d = _dpo_dloss_dmargin(h, beta=beta, variant=variant, eps=eps, margin=margin)
     return d, -d
 

@@ -13,9 +13,9 @@ from typing import NamedTuple
 import torch
 
 from ._bayes import _index, posterior_weights
-from ._checks import float_tensor, int_targets
 from ._closed_forms import _a_rows, _as_terms, g_sft
 from ._propositions import _per_prompt, _probe_stack, sequence_logprob_of
+from .checks import float_tensor, int_targets
 
 __all__ = [
     "Condition",

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 
 from ._bayes import bayes_delta_u_first_order, posterior_weights
-from ._checks import float_tensor, int_targets
 from ._closed_forms import first_order_delta, g_dpo, g_sft
+from .checks import float_tensor, int_targets
 
 __all__ = [
     "first_order_delta_prompts",

@@ -8,6 +8,7 @@
   check that understanding beats generation;
 - :mod:`dynamics.toy.bayes`    :class:`BayesLinked`, understanding read from the generator through the
   Bayes link (the strongest sharing);
+- :mod:`dynamics.toy.recipe`   ``TOY_CLO``, the toy's CLO recipe (the defaults of the toy entry point);
 - :mod:`dynamics.toy.study`    CLO arms read against their controls, per category, and the one-step
   first-order check (the experiments behind ``paper_figures/fig_toy_*.py``).
 
@@ -32,6 +33,7 @@ _WHERE = {
     "pretrain": ("pretrain", "cache_key", "save_checkpoint", "load_checkpoint", "gap_report", "check_gap",
                  "GapError"),
     "bayes": ("BayesLinked", "alternative_prompts"),
+    "recipe": ("TOY_CLO",),
 }
 _MODULE_OF = {name: mod for mod, names in _WHERE.items() for name in names}
 
@@ -50,6 +52,7 @@ __all__ = [
     "CATEGORIES",
     "SHARING",
     "TIERS",
+    "TOY_CLO",
     "BayesLinked",
     "ExactJudge",
     "GapError",

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from tqdm.auto import tqdm
 
+from dynamics import metrics
 from dynamics.toy.model import ToyConfig, ToyModel
 from dynamics.toy.world import CATEGORIES
 
@@ -324,19 +325,17 @@ class GapError(RuntimeError):
 
 
 def _rates(own: torch.Tensor, ext: torch.Tensor) -> dict:
-    own, ext = own.flatten(), ext.flatten()
-    n = own.numel()
-    rejected = ~own
-    neg = ~ext
+    """The gap's rates of own verdicts ``own`` against exact ones ``ext`` (both ``(1, ...)``), all
+    from :mod:`dynamics.metrics` (NaN where a rate has no case to rest on)."""
     return {
-        "n": n,
-        "gen_acc": ext.float().mean().item(),
-        "non": rejected.float().mean().item(),
-        "und_acc": (own == ext).float().mean().item(),
-        "fp_rate": (own & neg).sum().item() / max(1, neg.sum().item()),
-        "fn_rate": (rejected & ext).sum().item() / max(1, ext.sum().item()),
-        "attribution": (rejected & neg).sum().item() / max(1, rejected.sum().item()),
-        "n_rejected": int(rejected.sum()),
+        "n": own.numel(),
+        "gen_acc": metrics.accuracy(ext).item(),
+        "non": metrics.non_unification(own).item(),
+        "und_acc": metrics.accuracy(own == ext).item(),
+        "fp_rate": metrics.false_positive_rate(own, ext).item(),
+        "fn_rate": metrics.false_negative_rate(own, ext).item(),
+        "attribution": metrics.weak_generation_attribution(own, ext).item(),
+        "n_rejected": int((~own).sum()),
     }
 
 
@@ -349,7 +348,9 @@ def gap_report(model: ToyModel, prompt_ids=None, *, n: int = 8, seed: int = 0, t
     model's own understanding rejects), ``und_acc`` (agreement of own verdict and exact detector),
     ``fp_rate``/``fn_rate`` of the own verdict, ``attribution`` (weak-generation attribution: share
     of self-rejected samples the detector also rejects). On a balanced probe set (a canonical scene
-    and a hard negative per prompt): ``und_acc_balanced``.
+    and a hard negative per prompt): ``und_acc_balanced``. The own verdict is the CLO loop's: yes where
+    ``P(yes) >= threshold`` (:func:`dynamics.metrics.accepts`); every rate is a :mod:`dynamics.metrics`
+    function (NaN where it has no case, e.g. ``attribution`` when nothing is rejected).
 
     >>> m = ToyModel(ToyConfig.preset("tiny"))
     >>> r = gap_report(m, n=1)
@@ -360,16 +361,16 @@ def gap_report(model: ToyModel, prompt_ids=None, *, n: int = 8, seed: int = 0, t
     ids = torch.arange(len(ps)) if prompt_ids is None else torch.as_tensor(prompt_ids).long()
     judge = model.world.external_judge()
     x = model.sample(ids, n, seed=seed)
-    own = model.judge(ids, x)[0] > threshold
-    ext = judge(ids, x)[0]
+    own = metrics.accepts(model.judge(ids, x), threshold)  # (1, B, n): the loop's rule, P(yes) >= threshold
+    ext = judge(ids, x).bool()
     # Balanced probes: a canonical scene and a scene of a perturbed prompt for every prompt.
     rng = random.Random(probe_seed)
     w = model.world
     probes = torch.tensor([[w.canonical_scene(ps.meta[i]["spec"], rng),
                             w.canonical_scene(w.perturb(ps.meta[i]["spec"], rng), rng)] for i in ids.tolist()])
     probes = probes.unsqueeze(0)
-    pown = model.judge(ids, probes)[0] > threshold
-    pext = judge(ids, probes)[0]
+    pown = metrics.accepts(model.judge(ids, probes), threshold)
+    pext = judge(ids, probes).bool()
     groups = {"all": list(range(len(ids)))}
     for j, i in enumerate(ids.tolist()):
         groups.setdefault(f"tag:{ps.tags[i]}", []).append(j)
@@ -377,8 +378,8 @@ def gap_report(model: ToyModel, prompt_ids=None, *, n: int = 8, seed: int = 0, t
     out = {}
     for g, rows in groups.items():
         r = torch.tensor(rows)
-        out[g] = {**_rates(own[r], ext[r]), "und_acc_balanced": (pown[r] == pext[r]).float().mean().item(),
-                  "prompts": len(rows)}
+        out[g] = {**_rates(own[:, r], ext[:, r]),
+                  "und_acc_balanced": metrics.accuracy(pown[:, r] == pext[:, r]).item(), "prompts": len(rows)}
     return out
 
 
@@ -391,7 +392,8 @@ def check_gap(model: ToyModel, report: dict | None = None, *, min_attribution: f
     ``min_attribution`` (the self-rejected samples are mostly truly wrong), and its accuracy on the
     balanced probes (a canonical scene and a hard negative per prompt) exceeds ``min_balanced``: an
     understanding that answers "no" to everything agrees with the detector on a generator that
-    never succeeds, but is at chance on balanced probes.
+    never succeeds, but is at chance on balanced probes. ``kwargs`` (``n``, ``seed``, ``threshold``)
+    go to :func:`gap_report` when no ``report`` is given.
 
     >>> m = ToyModel(ToyConfig.preset("tiny"))          # untrained: no gap to speak of
     >>> try:

@@ -1,10 +1,26 @@
-"""Argument checks shared by the theory modules: clear errors, raised before any work."""
+"""Argument checks shared by the theory modules and :mod:`dynamics.losses`: clear errors naming the
+argument, raised before any work.
+
+    >>> import torch
+    >>> float_tensor("logits", torch.zeros(2)).dtype
+    torch.float32
+    >>> positive_float("lr", 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: lr must be a finite number > 0, got 0
+"""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+__all__ = ["DPO_VARIANTS", "dpo_settings", "finite_float", "float_tensor", "int_targets", "mask_or_ones",
+           "positive_float"]
+
+#: The DPO-family objectives (:func:`dynamics.theory.dpo_coefficients`, :func:`dynamics.losses.dpo_loss`).
+DPO_VARIANTS = ("sigmoid", "ipo", "hinge", "robust", "conservative")
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
@@ -66,3 +82,24 @@ def mask_or_ones(name: str, mask, *, like: torch.Tensor) -> torch.Tensor:
     if torch.is_floating_point(mask):
         return mask
     raise ValueError(f"{name} must be bool, integer or float, got dtype {mask.dtype}")
+
+
+def dpo_settings(variant: str, beta, eps, margin) -> tuple[float, float, float]:
+    """``(beta, eps, margin)`` of a DPO ``variant`` as floats, checked: ``beta > 0``; ``eps`` in [0, 0.5)
+    for ``robust`` (a flip rate), in [0, 1] for ``conservative`` (label smoothing).
+
+    >>> dpo_settings("robust", 0.1, 0.6, 0.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: robust DPO needs a flip rate eps in [0, 0.5), got eps=0.6
+    """
+    if variant not in DPO_VARIANTS:
+        raise ValueError(f"variant must be one of {DPO_VARIANTS}, got {variant!r}")
+    beta = positive_float("beta", beta)
+    eps = finite_float("eps", eps)
+    margin = finite_float("margin", margin)
+    if variant == "robust" and not 0.0 <= eps < 0.5:
+        raise ValueError(f"robust DPO needs a flip rate eps in [0, 0.5), got eps={eps}")
+    if variant == "conservative" and not 0.0 <= eps <= 1.0:
+        raise ValueError(f"conservative DPO needs a label-smoothing eps in [0, 1], got eps={eps}")
+    return beta, eps, margin
