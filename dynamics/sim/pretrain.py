@@ -153,19 +153,16 @@ def exact_metrics(world, model, *, threshold: float = 0.5) -> dict[str, torch.Te
     >>> exact_metrics(w, SimModel(w, replicas=3))["und_fp_rate"].shape
     torch.Size([3])
     """
-    aligned = world.aligned.to(model.prompt_features.device)
-    pi = model.gen_table().to(torch.float64)  # (R, P, V)
-    yes = model.understanding_table() >= threshold
-    al = aligned.expand_as(yes)
-    fp = (yes & ~al).sum((1, 2)).double() / (~al).sum((1, 2)).clamp_min(1).double()
-    fn = (~yes & al).sum((1, 2)).double() / al.sum((1, 2)).clamp_min(1).double()
-    rejected = (pi * (~yes)).sum(-1)  # (R, P)
-    wrong_rejected = (pi * (~yes & ~al)).sum(-1)
+    from dynamics import metrics
+
+    pi = model.gen_table().to(torch.float64).cpu()  # (R, P, V)
+    yes = metrics.accepts(model.understanding_table().cpu(), threshold)
+    al = world.aligned.cpu().expand_as(yes)
     return {
-        "gen_acc": (pi * al).sum(-1).mean(-1),
-        "und_acc": 1.0 - 0.5 * (fp + fn),
-        "und_fp_rate": fp,
-        "und_fn_rate": fn,
-        "non_unification": rejected.mean(-1),
-        "attribution": wrong_rejected.sum(-1) / rejected.sum(-1).clamp_min(1e-300),
+        "gen_acc": metrics.accuracy(al, pi),
+        "und_acc": metrics.balanced_accuracy(yes, al),
+        "und_fp_rate": metrics.false_positive_rate(yes, al),
+        "und_fn_rate": metrics.false_negative_rate(yes, al),
+        "non_unification": metrics.non_unification(yes, pi),
+        "attribution": metrics.weak_generation_attribution(yes, al, pi),
     }

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dynamics import metrics
 from dynamics.clo import CLOConfig
 from dynamics.sim.model import SimModel
 from dynamics.sim.pretrain import exact_metrics, pretrain
@@ -245,18 +246,15 @@ def exact_epoch_metrics(
         {f"exact_{k}": float(v[r]) for k, v in exact_metrics(world, model, threshold=threshold).items()}
         for r in range(model.replicas)
     ]
-    aligned = world.aligned.cpu()
+    aligned = world.aligned.cpu().expand_as(reference.und)
     pi0 = reference.gen_logp.exp()
-    pre_yes = reference.und >= threshold
-    cur_yes = model.understanding_table().cpu() >= threshold
-    disagree = (pre_yes != cur_yes).double() * pi0
-    mass = disagree.sum((1, 2))
-    won = (disagree * (cur_yes == aligned).double()).sum((1, 2))
-    mis = pi0 * (~aligned).double()
-    pre_fp = (mis * cur_yes.double()).sum((1, 2)) / mis.sum((1, 2)).clamp_min(1e-300)
-    P = aligned.shape[0]
+    pre_yes = metrics.accepts(reference.und, threshold)
+    cur_yes = metrics.accepts(model.understanding_table().cpu(), threshold)
+    win, mass = metrics.win_rate(pre_yes, cur_yes, aligned, pi0)
+    pre_fp = metrics.false_positive_rate(cur_yes, aligned, pi0)
+    P = aligned.shape[1]
     for r, rec in enumerate(out):
-        rec["exact_win_rate"] = float(won[r] / mass[r]) if mass[r] > 0 else 0.5
+        rec["exact_win_rate"] = float(win[r])
         rec["exact_win_mass"] = float(mass[r] / P)
         rec["exact_pre_fp_rate"] = float(pre_fp[r])
     return out
@@ -565,14 +563,12 @@ def correction_rates(arm: Arm, train_ids) -> dict[str, list[float]]:
     trained = torch.zeros(arm.world.num_prompts, dtype=torch.bool)
     trained[torch.as_tensor(train_ids).long()] = True
     out: dict[str, list[float]] = {"trained": [], "held_out": []}
-    for r in range(arm.model.replicas):
-        fp0 = (arm.reference.und[r] >= thr) & ~arm.world.aligned
-        fixed = fp0 & (after.und[r] < thr)
-        for name, rows in (("trained", trained), ("held_out", ~trained)):
-            n = int(fp0[rows].sum())
-            out[name].append(int(fixed[rows].sum()) / n if n else math.nan)
+    pre = metrics.accepts(arm.reference.und, thr)
+    cur = metrics.accepts(after.und, thr)
+    aligned = arm.world.aligned.cpu().expand_as(pre)
+    for name, rows in (("trained", trained), ("held_out", ~trained)):
+        out[name] = metrics.false_positive_correction_rate(pre[:, rows], cur[:, rows], aligned[:, rows])[0].tolist()
     return out
-
 
 
 def replay_precision(arm: Arm) -> list[float]:

@@ -52,6 +52,7 @@ import math
 import torch
 from torch.func import functional_call, jvp
 
+from dynamics import metrics
 from dynamics.kernels import entk
 from dynamics.protocol import TrainBatch
 from dynamics.theory import dpo_coefficients, g_sft, posterior_weights
@@ -504,7 +505,8 @@ def fp_correction_analysis(world, und_before: torch.Tensor, und_after: torch.Ten
     if len(per_rep) != R:
         raise ValueError(f"train_prompts: got {len(per_rep)} lists for {R} replicas")
     aligned = world.aligned
-    fixed = (und_before.cpu() >= threshold) & (und_after.cpu() < threshold) & ~aligned  # wrong yes -> right no
+    pre_yes = metrics.accepts(und_before.cpu(), threshold)
+    fixed = metrics.false_positive_corrections(pre_yes, metrics.accepts(und_after.cpu(), threshold), aligned)
     g = torch.Generator().manual_seed(int(seed))
     out = []
     for r in range(R):
@@ -514,7 +516,7 @@ def fp_correction_analysis(world, und_before: torch.Tensor, und_after: torch.Ten
         rec = {
             "replica": r,
             "n_corrected": len(rows),
-            "n_fp_before": int(((und_before[r].cpu() >= threshold) & ~aligned).sum()),
+            "n_fp_before": int((pre_yes[r] & ~aligned).sum()),
             "corrected": rows.tolist(),
             "corrected_similarity": _mean(nearest_similarity(world, rows[:, 0], train, exclude_self=exclude_self)),
             "random_similarity": _mean(nearest_similarity(world, rand[:, 0], train, exclude_self=exclude_self)),
