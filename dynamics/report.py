@@ -13,18 +13,28 @@ import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["aggregate", "group_value", "mean_se", "plot_curves", "summary_table"]
+__all__ = ["LABELS", "aggregate", "group_value", "mean_se", "plot_curves", "summary_table"]
 
 CURVE_KEYS = ("gen_acc", "win_rate", "non_unification", "und_fp_rate")
+# Panel titles of every metric a figure draws, at every scale (``dynamics.figures`` draws with them).
+# The loop's metrics are measured on sampled images (Gen accuracy by the external judge); the
+# simulator's ``exact_`` metrics are computed on its full tables.
 LABELS = {
-    "gen_acc": "Gen accuracy (external judge)",
-    "win_rate": "Und win rate",
-    "non_unification": "Non-unification",
-    "und_fp_rate": "Und false-positive rate",
-    "und_fn_rate": "Und false-negative rate",
+    "gen_acc": "Gen accuracy (sampled)",
+    "win_rate": "Und win rate (sampled)",
+    "non_unification": "Non-unification (sampled)",
+    "und_fp_rate": "Und FP rate, pre-trained samples",
+    "und_fn_rate": "Und FN rate, pre-trained samples",
     "attribution": "Weak-generation attribution",
     "sft_size": "SFT set size",
     "discard_size": "Discard pool size",
+    "sft_precision": "SFT-set precision (oracle)",
+    "exact_gen_acc": "Gen accuracy (exact)",
+    "exact_win_rate": "Und win rate (exact)",
+    "exact_non_unification": "Non-unification (exact)",
+    "exact_pre_fp_rate": "Und FP rate, pre-trained samples (exact)",
+    "exact_und_fp_rate": "Und FP rate, all pairs (exact)",
+    "exact_und_fn_rate": "Und FN rate, all pairs (exact)",
 }
 
 

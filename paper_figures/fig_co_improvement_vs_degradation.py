@@ -5,12 +5,15 @@ controls: Gen accuracy, the understanding's false-positive rate, Non.
     python paper_figures/fig_co_improvement_vs_degradation.py --quick  # a seconds-long smoke run
 
 Writes fig_co_improvement_vs_degradation.png, .pdf and .json (the numbers) into --out
-(default paper_figures/out). All logic: :func:`dynamics.figures.sim.figure_co_improvement_vs_degradation`.
+(default paper_figures/out).
+
+Experiment: :func:`dynamics.sim.experiments.co_improvement_vs_degradation`,
+drawing: :func:`dynamics.figures.sim.draw_co_improvement_vs_degradation`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.sim import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("co_improvement_vs_degradation", default_out=Path(__file__).resolve().parent / "out")

@@ -7,12 +7,15 @@ false positives. One candidate per prompt, so that a third of the prompts start 
     python paper_figures/fig_curriculum.py --quick  # a seconds-long smoke run
 
 Writes fig_curriculum.png, .pdf and .json (the numbers) into --out
-(default paper_figures/out). All logic: :func:`dynamics.figures.sim.figure_curriculum`.
+(default paper_figures/out).
+
+Experiment: :func:`dynamics.sim.experiments.curriculum`,
+drawing: :func:`dynamics.figures.sim.draw_curriculum`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.sim import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("curriculum", default_out=Path(__file__).resolve().parent / "out")

@@ -7,12 +7,15 @@ trained against held-out prompts.
     python paper_figures/fig_fp_correction.py --quick  # a seconds-long smoke run
 
 Writes fig_fp_correction.png, .pdf and .json (the numbers) into --out
-(default paper_figures/out). All logic: :func:`dynamics.figures.sim.figure_fp_correction`.
+(default paper_figures/out).
+
+Experiment: :func:`dynamics.sim.experiments.fp_correction`,
+drawing: :func:`dynamics.figures.sim.draw_fp_correction`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.sim import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("fp_correction", default_out=Path(__file__).resolve().parent / "out")

@@ -4,12 +4,15 @@
     python paper_figures/fig_sharing.py --quick  # a seconds-long smoke run
 
 Writes fig_sharing.png, .pdf and .json (the numbers) into --out
-(default paper_figures/out). All logic: :func:`dynamics.figures.sim.figure_sharing`.
+(default paper_figures/out).
+
+Experiment: :func:`dynamics.sim.experiments.sharing`,
+drawing: :func:`dynamics.figures.sim.draw_sharing`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.sim import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("sharing", default_out=Path(__file__).resolve().parent / "out")

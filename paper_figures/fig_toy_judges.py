@@ -6,12 +6,14 @@ and a corrupt judge, per GenEval category.
     python paper_figures/fig_toy_judges.py --quick  # a smoke run (tiny preset, no gap)
 
 Writes fig_toy_judges.png, .pdf and .json (the numbers) into --out (default paper_figures/out).
-All logic: :func:`dynamics.figures.toy.figure_toy_judges`.
+
+Experiment: :func:`dynamics.toy.experiments.toy_judges`,
+drawing: :func:`dynamics.figures.toy.draw_toy_judges`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.toy import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("toy_judges", default_out=Path(__file__).resolve().parent / "out")

@@ -5,12 +5,14 @@ grows (Janus-like sharing, full sharing, the Bayes link).
     python paper_figures/fig_toy_sharing.py --quick  # a smoke run (tiny preset, no gap)
 
 Writes fig_toy_sharing.png, .pdf and .json (the numbers) into --out (default paper_figures/out).
-All logic: :func:`dynamics.figures.toy.figure_toy_sharing`.
+
+Experiment: :func:`dynamics.toy.experiments.toy_sharing`,
+drawing: :func:`dynamics.figures.toy.draw_toy_sharing`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.toy import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("toy_sharing", default_out=Path(__file__).resolve().parent / "out")

@@ -6,12 +6,15 @@ initial discard-pool size: replay has nothing to do when it is empty).
     python paper_figures/fig_training_curves.py --quick  # a seconds-long smoke run
 
 Writes fig_training_curves.png, .pdf and .json (the numbers) into --out
-(default paper_figures/out). All logic: :func:`dynamics.figures.sim.figure_training_curves`.
+(default paper_figures/out).
+
+Experiment: :func:`dynamics.sim.experiments.training_curves`,
+drawing: :func:`dynamics.figures.sim.draw_training_curves`.
 """
 
 from pathlib import Path
 
-from dynamics.figures.sim import main
+from dynamics.runs.figures import main
 
 if __name__ == "__main__":
     main("training_curves", default_out=Path(__file__).resolve().parent / "out")

@@ -1,5 +1,6 @@
-"""Smoke tests of the figures: a figure function writes PNG, PDF and its numbers (every figure
-function also runs in its docstring example), one figure script runs end to end with --quick, and
+"""Smoke tests of the figures: an experiment's result drawn writes PNG, PDF and its numbers (every
+experiment and draw function also runs in its docstring example), the drawing modules import nothing
+that runs a model or computes a statistic, one figure script runs end to end with --quick, and
 make_all.py runs every script (slow: one process per script)."""
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dynamics.figures.sim import FIGURES, SimSize, main
+from dynamics.runs.figures import FIGURES, main, run_figure
+from dynamics.sim.study import SimSize
 
 torch.set_num_threads(1)
 
@@ -30,14 +32,46 @@ def _check_outputs(out: Path, stem: str) -> dict:
 
 
 def test_a_figure_writes_png_pdf_and_its_numbers(tmp_path):
-    """Every figure function is also run by its docstring example (at a tiny size); here one is
-    checked down to the file contents."""
-    result = FIGURES["predicted_vs_measured"](SimSize.tiny(epochs=4), tmp_path)
+    """Every experiment and draw function is also run by its docstring example (at a tiny size); here
+    one figure is checked down to the file contents."""
+    result = run_figure("predicted_vs_measured", SimSize.tiny(epochs=4), tmp_path)
     summary = _check_outputs(tmp_path, "fig_predicted_vs_measured")
     assert summary["size"]["prompts"] == 12 and summary["tracked_records"] > 0
     assert {p.name for p in result["paths"]} == {
         f"fig_predicted_vs_measured.{e}" for e in ("png", "pdf", "json")
     }
+
+
+def test_a_result_survives_json_and_draws_again(tmp_path):
+    """A result is JSON-able: drawn again from its JSON round trip, it writes the same numbers."""
+    fig = FIGURES["corrupt_scan"]
+    result = fig.experiment(SimSize.tiny(epochs=1), ps=(0.0, 1.0))
+    fig.draw(result, tmp_path / "a")
+    fig.draw(json.loads(json.dumps(result)), tmp_path / "b")
+    a, b = (tmp_path / d / "fig_corrupt_scan.json" for d in ("a", "b"))
+    assert a.read_text() == b.read_text()
+
+
+def test_figures_only_draw():
+    """The drawing modules load no model, experiment or statistic (checked in a fresh interpreter),
+    and nothing else in the package imports them."""
+    code = (
+        "import sys, dynamics.figures.sim, dynamics.figures.toy\n"
+        "bad = ('dynamics.sim', 'dynamics.toy', 'dynamics.study', 'dynamics.clo', 'dynamics.kernels',"
+        " 'dynamics.full', 'transformers')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(bad)))"
+    )
+    proc = _run(["-c", code])
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    pkg = ROOT / "dynamics"
+    importers = [
+        p.relative_to(ROOT).as_posix()
+        for p in pkg.rglob("*.py")
+        if p.parent.name not in ("figures", "runs")
+        for line in p.read_text().splitlines()
+        if line.lstrip().startswith(("import dynamics.figures", "from dynamics.figures"))
+    ]
+    assert importers == []
 
 
 def test_every_figure_has_a_script():
@@ -70,6 +104,13 @@ def test_figure_command_line_refuses_bad_sizes(tmp_path, capsys):
     assert exc.value.code == 2 and "SimSize.seeds=0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown figure 'nope'"):
         main("nope", [])
+
+
+def test_every_figure_pairs_an_experiment_with_its_draw_function():
+    for name, fig in FIGURES.items():
+        if fig.scale == "sim":  # the toy's load transformers: checked by test_toy_study
+            assert fig.experiment.__module__ == "dynamics.sim.experiments", name
+            assert fig.draw.__module__ == "dynamics.figures.sim", name
 
 
 def test_make_all_help_and_bad_filter():

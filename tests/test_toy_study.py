@@ -50,7 +50,7 @@ def test_one_step_summary_and_slope():
 
 
 def test_toy_figure_command_line_refuses_bad_input(tmp_path, capsys):
-    from dynamics.figures.toy import main
+    from dynamics.runs.figures import main
 
     with pytest.raises(SystemExit) as exc:
         main("toy_judges", ["--quick", "--seeds", "0", "--out", str(tmp_path)])
@@ -60,6 +60,16 @@ def test_toy_figure_command_line_refuses_bad_input(tmp_path, capsys):
     assert "invalid choice: 'telepathy'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown figure 'nope'"):
         main("nope", [])
+
+
+def test_every_toy_figure_pairs_an_experiment_with_its_draw_function():
+    from dynamics.runs.figures import FIGURES
+
+    toy = {name: fig for name, fig in FIGURES.items() if fig.scale == "toy"}
+    assert sorted(toy) == ["toy_first_order", "toy_judges", "toy_recipes", "toy_sharing"]
+    for name, fig in toy.items():
+        assert fig.experiment.__module__ == "dynamics.toy.experiments", name
+        assert fig.draw.__module__ == "dynamics.figures.toy", name
 
 
 def test_unknown_understanding_is_named():

@@ -1,25 +1,22 @@
-"""Figure logic for ``paper_figures/``: each figure is a function that runs its experiments at a
-given size and draws; the figure scripts only call them.
+"""Drawing the figures of ``paper_figures/``: each draw function takes the result dict of an
+experiment and an output directory, draws, and writes PNG, PDF and the JSON of its numbers. Nothing
+here runs a model or computes a statistic: the experiments are :mod:`dynamics.sim.experiments` and
+:mod:`dynamics.toy.experiments`, the command line pairing each experiment with its draw function is
+:mod:`dynamics.runs.figures`.
 
 - :mod:`dynamics.figures.sim`: the simulator and theory figures (training curves, co-improvement
   against co-degradation, the corrupt-judge scan, parameter sharing, curriculum replay, the
   false-positive-correction mechanism, predicted against measured one-step changes, the
-  ``O(eta^2)`` slope), the experiments behind them (:func:`~dynamics.figures.sim.judge_arms` and
-  friends: arms run from one pre-trained model and read against controls, seed by seed) and the
-  command line every simulator figure script shares (:func:`~dynamics.figures.sim.main`);
+  ``O(eta^2)`` slope), and the panels they are made of (``plot_curves``, ...);
 - :mod:`dynamics.figures.toy`: the toy-world figures (findings per category against controls, the
-  first-order one-step check, Janus-like / full sharing / the Bayes link, stronger recipes) and
-  their command line (:func:`~dynamics.figures.toy.main`); imported on use (it loads transformers).
+  first-order one-step check, Janus-like / full sharing / the Bayes link, stronger recipes);
+- :mod:`dynamics.figures.common`: pyplot (the backend is not forced), writing a figure and its numbers.
 
-Example::
-
-    >>> from dynamics.figures import FIGURES, SimSize
-    >>> sorted(FIGURES)[:3], SimSize().prompts
-    (['co_improvement_vs_degradation', 'corrupt_scan', 'curriculum'], 64)
+Panel titles come from :data:`dynamics.report.LABELS`.
 """
 
 from __future__ import annotations
 
-from .sim import FIGURES, SimSize
+from .common import finish, pyplot, save_figure, write_summary
 
-__all__ = ["FIGURES", "SimSize"]
+__all__ = ["finish", "pyplot", "save_figure", "write_summary"]
