@@ -39,6 +39,8 @@ CLO_HELP = {
                   "(replay when that share of probed pool prompts gets an accepted candidate)",
     "adaptive_probe": "discard-pool prompts probed per epoch by the adaptive trigger",
     "eval_candidates": "samples per evaluation prompt",
+    "eval_every": "evaluate every k-th epoch (always before training and after the last epoch; evaluation draws its "
+                  "own seeds, so skipping it leaves training unchanged)",
     "chunk_size": "prompts per sampling / judging call",
     "audit": "also judge every training candidate with the external judge (precision of the self-judged set; "
              "costly with a large external VLM)",

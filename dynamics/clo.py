@@ -91,6 +91,7 @@ class CLOConfig:
     curriculum: str = "off"  # off | epochs:<e1,e2,..> | adaptive[:<level>]
     adaptive_probe: int = 32  # discard-pool prompts probed per epoch by the adaptive trigger
     eval_candidates: int = 4  # samples per evaluation prompt
+    eval_every: int = 1  # evaluate every k-th epoch (always before training and after the last epoch)
     chunk_size: int = 64  # prompts per sampling / judging call
     audit: bool = True  # also judge the training candidates externally (precision of the SFT set)
     seed: int = 0
@@ -127,6 +128,8 @@ class CLOConfig:
             bad("batch_size", "must be >= 1")
         if self.eval_candidates < 1:
             bad("eval_candidates", "must be >= 1")
+        if not isinstance(self.eval_every, int) or self.eval_every < 1:
+            bad("eval_every", "must be an integer >= 1")
         if self.chunk_size < 1:
             bad("chunk_size", "must be >= 1")
         if self.grad_clip < 0:
@@ -688,7 +691,9 @@ def run_clo(
                      "steps": len(batches)}
             rep = _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external)
             extra.update(rep)
-            records = _epoch_records(model, cfg, eval_set, data, external, groups, epoch=epoch, extra=extra)
+            evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+            records = (_epoch_records(model, cfg, eval_set, data, external, groups, epoch=epoch, extra=extra)
+                       if evaluated else [])  # evaluation draws its own seeds: skipping it leaves training as it is
             metrics.extend(records)
             if run is not None and writer:
                 for r in records:
@@ -696,7 +701,7 @@ def run_clo(
                 if rep.get("replay"):
                     run.save_tensors("data.safetensors", data.tensors())
                 _save(run, model, opt, data, eval_set, epoch=epoch)
-            if on_epoch:
+            if on_epoch and evaluated:
                 on_epoch(epoch, records)
     finally:
         for p in frozen:

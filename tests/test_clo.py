@@ -201,3 +201,19 @@ def test_sft_precision_audits_the_self_judged_set():
     assert res.metrics[0]["sft_precision"] == 1.0
     res = run_clo(model(), cfg(epochs=0, judge="all"), external=m.oracle)
     assert res.metrics[0]["sft_precision"] == pytest.approx(res.data.external_yes.double().mean().item())
+
+
+def test_skipping_evaluations_leaves_training_unchanged():
+    """``eval_every`` only thins the records: evaluation draws its own seeds, so the epochs both runs
+    evaluate hold the same numbers, and the last epoch is always evaluated."""
+    recs = {}
+    for k in (1, 3):
+        model = TableModel.random(prompts=6, tokens=8, seed=3)
+        cfg = CLOConfig(candidates=4, epochs=4, lr=0.5, seed=0, eval_candidates=4, progress=False, eval_every=k,
+                        curriculum="epochs:2")
+        recs[k] = {r["epoch"]: r for r in run_clo(model, cfg, external=model.oracle).metrics}
+    assert sorted(recs[3]) == [0, 3, 4]
+    for e in (0, 3, 4):
+        assert recs[3][e] == recs[1][e]
+    with pytest.raises(ValueError, match="eval_every=0"):
+        CLOConfig(eval_every=0).validate()

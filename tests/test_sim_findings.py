@@ -148,7 +148,7 @@ def test_corrupt_judge_raises_the_understandings_false_positives(arms, perturbed
 
 def test_the_perturbation_moves_the_trajectories(arms, perturbed):
     """The robustness run is not the same run: the training loss differs in every unit."""
-    key = lambda r: (r["world"], r["seed"], r["epoch"])  # noqa: E731
+    key = lambda r: (r["world"], r["seed"], r["epoch"])
     a = {key(r): r["train_loss"] for r in arms["self"] if r["epoch"] == SIZE.epochs}
     b = {key(r): r["train_loss"] for r in perturbed["self"] if r["epoch"] == SIZE.epochs}
     assert a.keys() == b.keys() and all(a[k] != b[k] for k in a)
