@@ -10,8 +10,10 @@ Works on the records of ``metrics.jsonl`` (one dict per replica and epoch), at e
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+
+from dynamics.study.stats import mean_se  # the statistics' one home; re-exported here for tables
 
 __all__ = ["LABELS", "aggregate", "group_value", "mean_se", "plot_curves", "summary_table"]
 
@@ -36,23 +38,6 @@ LABELS = {
     "exact_und_fp_rate": "Und FP rate, all pairs (exact)",
     "exact_und_fn_rate": "Und FN rate, all pairs (exact)",
 }
-
-
-def mean_se(values: Iterable[float]) -> tuple[float, float, int]:
-    """Mean, standard error of the mean (NaN for one value), count; NaN values are skipped.
-
-    >>> mean_se([1.0, 2.0, 3.0])
-    (2.0, 0.5773502691896257, 3)
-    """
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    n = len(vals)
-    if n == 0:
-        return math.nan, math.nan, 0
-    m = sum(vals) / n
-    if n == 1:
-        return m, math.nan, 1
-    var = sum((v - m) ** 2 for v in vals) / (n - 1)
-    return m, math.sqrt(var / n), n
 
 
 def group_value(record: dict, key: str, group: str | None = None):
@@ -122,12 +107,10 @@ def plot_curves(runs: dict[str, Sequence[dict]], path: str | Path, keys: Sequenc
                 title: str | None = None) -> Path:
     """One panel per metric, one line per run (mean ± standard error across seeds); PNG (and PDF
     when ``path`` ends in .pdf). ``runs`` maps a label to its records."""
-    import matplotlib
+    from matplotlib.figure import Figure  # no pyplot: a run's plot never touches the session's backend
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.0), squeeze=False)
+    fig = Figure(figsize=(3.6 * len(keys), 3.0))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys):
         for label, records in runs.items():
             agg = aggregate(records, key)
@@ -146,5 +129,4 @@ def plot_curves(runs: dict[str, Sequence[dict]], path: str | Path, keys: Sequenc
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path

@@ -5,9 +5,9 @@ Every arm of a seed starts from the *same* pre-trained model (restored between a
 CLO seed, so the arms see the same evaluation samples and the same training candidates and differ
 only in which candidates their judge accepts (``self``, the unfiltered control ``all``, the exact
 judge ``oracle``, a ``corrupt:<p>`` judge). Records are the loop's own (:func:`dynamics.clo.run_clo`),
-with every per-group metric also flattened to ``<metric>@<group>`` (``gen_acc@tag:counting``) so that the helpers of
-:mod:`dynamics.figures.sim` (:func:`~dynamics.figures.sim.change`,
-:func:`~dynamics.figures.sim.paired_difference`) read them per category.
+with every per-group metric also flattened to ``<metric>@<group>`` (``gen_acc@tag:counting``) so that the readers of
+:mod:`dynamics.study` (:func:`~dynamics.study.change`, :func:`~dynamics.study.paired_difference`) read
+them per category.
 
 Example (the tiny preset: a few pre-training steps, one epoch; no gap check at this size)::
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,9 @@ __all__ = [
     "run_arms",
     "slope",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -140,17 +144,28 @@ def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_id
 
 def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
                 check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
-                perturbation: float = 0.0) -> dict[str, list[dict]]:
+                perturbation: float = 0.0, skip_no_gap: bool = False) -> dict[str, list[dict]]:
     """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
     unit, shared by its arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields);
     ``{judge: records of all units}``, each record tagged with its ``world``. ``perturbation > 0``
     moves the pre-trained weights by that relative amount first (:func:`dynamics.study.perturb`): the
-    robustness run of a findings test."""
+    robustness run of a findings test. ``skip_no_gap``: a unit whose pre-trained model fails the gap
+    check (:func:`dynamics.toy.pretrain.check_gap`, the precondition the main job enforces too) is
+    left out of the study, with a logged reason, instead of stopping it: the inclusion criterion of a
+    study, applied before any arm runs."""
+    from dynamics.toy.pretrain import GapError
+
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
     arms: dict[str, list[dict]] = {j: [] for j in judges}
     for w, s in size.units():
-        model = pretrained_model(size, s, sharing=sharing, understanding=understanding, check=check,
-                                 progress=progress, world=w, threshold=size.clo.threshold)
+        try:
+            model = pretrained_model(size, s, sharing=sharing, understanding=understanding, check=check,
+                                     progress=progress, world=w, threshold=size.clo.threshold)
+        except GapError as e:
+            if not skip_no_gap:
+                raise
+            log.warning("unit (world %d, seed %d) left out of the study: %s", w, s, e)
+            continue
         if perturbation:
             perturb(model, rel=perturbation, seed=s)
         cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
