@@ -20,6 +20,7 @@ Example (a two-prompt, two-token world whose model is a table of logits)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import logging
@@ -34,7 +35,7 @@ from tqdm.auto import tqdm
 
 from dynamics import losses as _losses
 from dynamics import metrics as _metrics
-from dynamics.judges import Judge, parse_judge
+from dynamics.judges import parse_judge
 from dynamics.protocol import ExternalJudge, TrainBatch, UnifiedModel
 from dynamics.records import RunDir, to_jsonable, versions
 
@@ -297,42 +298,59 @@ def _derive(seed: int, *tags: int) -> int:
 # Algorithm 1: self-judged data
 
 
-def _judge_candidates(model, external, judge: Judge, cfg: CLOConfig, ids, images, seeds):
-    p_yes = model.judge(ids, images).to(torch.float64)
-    use_external = external is not None and (judge.needs_external or cfg.audit)
-    ext = external(ids, images).bool() if use_external else None
-    score = judge.score(p_yes, ext, threshold=cfg.threshold, generator=_generators([x + 1 for x in seeds]))
-    out = {"p_yes": p_yes, "score": score}
-    if ext is not None:
-        out["external_yes"] = ext
-    return out
-
-
 def build_data(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *, external: ExternalJudge | None,
-               seeds: list[int]) -> CLOData:
+               seeds: list[int], candidates: dict | None = None) -> CLOData:
     """Algorithm 1: N candidates per prompt, judged; the SFT set, the discard pool and DPO pairs.
-    ``seeds``: one per replica."""
+    ``seeds``: one per replica. ``candidates``: the sampled candidates with the model's own and the
+    external verdicts (:func:`sample_candidates` with the same model, settings and seeds), when they
+    were drawn already: only the data judge's scoring is done here then."""
     judge = parse_judge(cfg.judge)
-
-    def one(ids, s, _start):
-        images = model.sample(ids, cfg.candidates, seed=_seed_arg(s))
-        return {"images": images, **_judge_candidates(model, external, judge, cfg, ids, images, s)}
-
-    got = _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "sampling + judging", cfg.progress)
-    accepted = _metrics.accepts(got["score"], cfg.threshold)
+    use_external = external is not None and (judge.needs_external or cfg.audit)
+    if candidates is not None:  # copies: training and replay change the data state in place
+        got = {k: v.clone() for k, v in candidates.items()}
+    else:
+        got = sample_candidates(model, cfg, prompt_ids, external=external, seeds=seeds, use_external=use_external)
+    ext = got.get("external_yes") if use_external else None
+    if use_external and ext is None:
+        raise ValueError("build_data: the candidates given carry no external verdicts, and this judge needs them")
+    # the data judge scores chunk by chunk with the chunk's own seeds (as sampling did), so a run is the
+    # same whether or not its candidates were drawn before
+    parts = []
+    for start in range(0, len(prompt_ids), cfg.chunk_size):
+        sl = slice(start, start + cfg.chunk_size)
+        gens = _generators([_derive(x, start) + 1 for x in seeds])
+        parts.append(judge.score(got["p_yes"][:, sl], None if ext is None else ext[:, sl], threshold=cfg.threshold,
+                                 generator=gens))
+    score = torch.cat(parts, dim=1)
+    accepted = _metrics.accepts(score, cfg.threshold)
     data = CLOData(
         prompt_ids=prompt_ids.clone(),
         images=got["images"],
         p_yes=got["p_yes"],
-        score=got["score"],
+        score=score,
         accepted=accepted,
         pool=~accepted.any(-1),
         replayed=torch.zeros_like(accepted[..., 0]),
-        external_yes=got.get("external_yes"),
+        external_yes=ext,
     )
     if cfg.loss == "dpo":
         _make_pairs(model, cfg, data, torch.ones_like(data.pool))
     return data
+
+
+def sample_candidates(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *,
+                      external: ExternalJudge | None, seeds: list[int], use_external: bool = True) -> dict:
+    """The candidates of Algorithm 1 before any data judge: ``images`` ``(R, P, N, M)``, the model's
+    own ``p_yes`` and (``use_external`` and an external judge) the ``external_yes`` verdicts."""
+
+    def one(ids, s, _start):
+        images = model.sample(ids, cfg.candidates, seed=_seed_arg(s))
+        out = {"images": images, "p_yes": model.judge(ids, images).to(torch.float64)}
+        if use_external and external is not None:
+            out["external_yes"] = external(ids, images).bool()
+        return out
+
+    return _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "sampling + judging", cfg.progress)
 
 
 def _make_pairs(model, cfg, data: CLOData, rows: torch.Tensor) -> None:
@@ -577,6 +595,7 @@ def run_clo(
     hooks: Iterable[StepHook] = (),
     run_info: dict | None = None,
     on_epoch: Callable[[int, list[dict]], None] | None = None,
+    shared_start: dict | None = None,
 ) -> CLOResult:
     """Run CLO: Algorithm 1 once with the pre-trained model, ``cfg.epochs`` epochs of
     generation-only training, curriculum replay (Algorithm 2) as configured, and an evaluation
@@ -588,6 +607,12 @@ def run_clo(
     writes config.json, metrics.jsonl, theory.jsonl, data.safetensors and state.pt there, and
     ``resume=True`` continues from the last checkpoint (refusing a directory of another config).
     ``on_epoch(epoch, records)`` is called after each evaluation (e.g. a co-degradation alarm).
+
+    ``shared_start``: a dict shared by runs from the *same* pre-trained weights (the arms of a study).
+    What a run draws before training (the evaluation set, the candidates with the model's own and
+    external verdicts, the epoch-0 evaluation) depends only on the weights, the seed and the sampling
+    settings, not on the data judge, loss or recipe; the first run stores it there and the others
+    reuse it, with the same records as if each had drawn it (tested).
     """
     cfg.validate()
     judge = parse_judge(cfg.judge)
@@ -625,10 +650,22 @@ def run_clo(
     theory: list[dict] = []
 
     if state is None:
-        eval_set = make_eval_set(model, cfg, eval_ids, external=external, seeds=replica_seeds(cfg, R, 1))
-        data = build_data(model, cfg, train_ids, external=external, seeds=replica_seeds(cfg, R, 2))
+        start_key = _start_key(cfg, train_ids, eval_ids, external is not None)
+        if shared_start is not None and start_key in shared_start:
+            eval_set, candidates, per0 = copy.deepcopy(shared_start[start_key])
+        else:
+            eval_set = make_eval_set(model, cfg, eval_ids, external=external, seeds=replica_seeds(cfg, R, 1))
+            candidates = (sample_candidates(model, cfg, train_ids, external=external, seeds=replica_seeds(cfg, R, 2))
+                          if shared_start is not None else None)
+            per0 = None
+        data = build_data(model, cfg, train_ids, external=external, seeds=replica_seeds(cfg, R, 2),
+                          candidates=candidates)
         _check_training_set(cfg, data)
-        records = _epoch_records(model, cfg, eval_set, data, external, groups, epoch=0, extra={})
+        if per0 is None:
+            per0 = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, R, 4), groups=groups)
+        if shared_start is not None:
+            shared_start[start_key] = (eval_set, candidates, per0)
+        records = _epoch_records(model, cfg, eval_set, data, external, groups, epoch=0, extra={}, per=per0)
         metrics = list(records)
         if run is not None and writer:
             for r in records:
@@ -720,6 +757,12 @@ def _ids(ids, n: int, name: str) -> torch.Tensor:
     return out
 
 
+def _start_key(cfg: CLOConfig, train_ids, eval_ids, has_external: bool) -> tuple:
+    """What the draws before training depend on besides the weights (see ``shared_start``)."""
+    return (cfg.seed, cfg.candidates, cfg.eval_candidates, cfg.chunk_size, cfg.threshold, has_external,
+            tuple(train_ids.tolist()), tuple(eval_ids.tolist()))
+
+
 def _eval_groups(model, eval_ids) -> dict[str, list[int]]:
     keep = set(eval_ids.tolist())
     return {k: [i for i in v if i in keep] for k, v in model.prompts.groups().items()}
@@ -740,9 +783,10 @@ def _check_training_set(cfg: CLOConfig, data: CLOData) -> None:
                 f"rejected candidate (replica {empty}), so there is no DPO pair")
 
 
-def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra) -> list[dict]:
-    per = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, len(eval_set.images), 4),
-                   groups=groups)
+def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra, per=None) -> list[dict]:
+    if per is None:
+        per = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, len(eval_set.images), 4),
+                       groups=groups)
     R = len(per)
     if data.external_yes is not None:  # the share of the self-judged set the external judge accepts
         precision = _metrics.rate(data.external_yes, data.accepted)[0]

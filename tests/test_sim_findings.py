@@ -6,9 +6,9 @@ Every arm of a unit runs from that unit's pre-trained model with the same CLO se
 (``all``: training on every own sample, unfiltered: what drift does anyway) and tested with the study
 layer's statistics (:mod:`dynamics.study.stats`): one-sided paired t with ``n - 1`` degrees of
 freedom at alpha = 0.01, TOST for a claim of no effect (margin stated), Holm's correction over the
-claims of one test. Every claim is tested again on a twin study whose pre-trained weights are moved
-by a relative 1e-6 (about what another CPU's rounding does to a trajectory), and must reach the same
-conclusion there. Exact metrics (``exact_*``) are computed on the full tables;
+claims of one test. Every claim is tested again on a twin study whose initial weights are moved by
+a relative 1e-6 before pre-training (pre-training carries that to models as different as another
+CPU's rounding makes them), and must reach the same conclusion there. Exact metrics (``exact_*``) are computed on the full tables;
 ``exact_pre_fp_rate`` is the understanding's false-positive rate on the pre-trained model's
 misaligned samples (the population version of the paper's measurement).
 
@@ -51,7 +51,9 @@ SIZE = SimSize(prompts=48, tokens=48, seeds=8, epochs=10, pretrain_steps=200)
 WORLDS = tuple(range(8))
 UNITS = SIZE.seeds * len(WORLDS)
 JUDGES = ["self", "all", "oracle", "corrupt:0.6", "noisy:0.9"]
-PERTURBATION = 1e-6  # relative move of every pre-trained weight: about what another CPU's rounding does
+# Relative move of every initial weight, before pre-training: 200 steps of Adam carry it to pre-trained
+# models as different as another CPU's rounding makes them (Gen accuracy moves by points per replica).
+PERTURBATION = 1e-6
 
 # Half the fall of Non the paper reports for co-improvement (Janus-Pro-7B, T2I-CompBench: 26.22 -> 16.98,
 # 9.2 points): a change of Non smaller than this is not the paper's effect.
@@ -65,7 +67,7 @@ def arms():
 
 @pytest.fixture(scope="module")
 def perturbed():
-    return world_arms(SIZE, JUDGES, worlds=WORLDS, perturbation=PERTURBATION)
+    return world_arms(SIZE, JUDGES, worlds=WORLDS, perturbation=PERTURBATION, perturb_at="init")
 
 
 def _holds_in_both(claims, arms, perturbed):

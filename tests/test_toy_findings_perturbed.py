@@ -1,4 +1,4 @@
-"""The toy findings again, on the same pre-trained models (those of the six candidates that pass the gap
+"""The toy findings again, on the same pre-trained models (those of the seven candidates that pass the gap
 check) with every weight moved by a relative
 1e-6 (:func:`dynamics.study.perturb`): about what another CPU's float rounding does to a trajectory.
 Every pre-registered claim of ``test_toy_findings.py`` (``tests/conftest.py``) must hold here too:
@@ -26,7 +26,7 @@ PERTURBATION = 1e-6
 @pytest.fixture(scope="module")
 def arms(toy_findings):
     size = toy_findings["size"]
-    backwards = dataclasses.replace(size, seeds=tuple(reversed(size.seeds)), worlds=tuple(reversed(size.worlds)))
+    backwards = dataclasses.replace(size, unit_list=tuple(reversed(size.units())))
     return judge_study(backwards, toy_findings["judges"], perturbation=PERTURBATION, skip_no_gap=True)
 
 
@@ -38,7 +38,7 @@ def test_claims_hold_under_a_rounding_level_perturbation(arms, toy_findings, fam
 def test_the_perturbation_moves_the_trajectory(arms, toy_findings):
     """The perturbation is real: the perturbed run's records are not bit-for-bit the unperturbed ones
     (the training loss after the first epoch differs)."""
-    size = dataclasses.replace(toy_findings["size"], seeds=(0,), worlds=(0,))
+    size = dataclasses.replace(toy_findings["size"], unit_list=((0, 0),))
     plain = judge_study(size, ("self",), clo_overrides={"epochs": 1, "curriculum": "off"})
     moved = judge_study(size, ("self",), clo_overrides={"epochs": 1, "curriculum": "off"}, perturbation=PERTURBATION)
     loss = [next(r["train_loss"] for r in recs["self"] if r["epoch"] == 1) for recs in (plain, moved)]

@@ -173,11 +173,17 @@ class SimSize:
 
 
 def pretrained(
-    size: SimSize, *, sharing: str = "shared", understanding: str | None = None, perturbation: float = 0.0
+    size: SimSize,
+    *,
+    sharing: str = "shared",
+    understanding: str | None = None,
+    perturbation: float = 0.0,
+    perturb_at: str = "pretrained",
 ) -> tuple[SimWorld, SimModel]:
     """The world and ``size.seeds`` pre-trained replicas (the gap-leaving recipe of :func:`pretrain`).
-    ``perturbation > 0``: the pre-trained weights moved by that relative amount
-    (:func:`dynamics.study.perturb`, seeded by ``size.seed``): the robustness run of a findings test.
+    ``perturbation > 0``: every weight moved by that relative amount (:func:`dynamics.study.perturb`,
+    seeded by ``size.seed``), after pre-training (``perturb_at="pretrained"``) or before it
+    (``"init"``): the robustness run of a findings test.
 
     >>> w, m = pretrained(SimSize.tiny())
     >>> m.replicas, m.num_prompts
@@ -193,8 +199,12 @@ def pretrained(
         understanding=understanding or size.understanding,
         dtype=torch.float64 if size.float64 else torch.float32,
     )
+    if perturb_at not in ("pretrained", "init"):
+        raise ValueError(f"perturb_at={perturb_at!r}: expected 'pretrained' or 'init'")
+    if perturbation and perturb_at == "init":
+        perturb(model, rel=perturbation, seed=size.seed)
     pretrain(world, model, steps=size.pretrain_steps, gap=size.gap, seed=size.seed)
-    if perturbation:
+    if perturbation and perturb_at == "pretrained":
         perturb(model, rel=perturbation, seed=size.seed)
     return world, model
 
@@ -351,11 +361,12 @@ def world_arms(
     sharing: str = "shared",
     understanding: str | None = None,
     perturbation: float = 0.0,
+    perturb_at: str = "pretrained",
     **cfg_overrides,
 ) -> dict[str, list[dict]]:
     """:func:`judge_arms` in every world of ``worlds`` (``size.seeds`` replicas each): ``{judge:
     records of every world}``, each record tagged with its ``world``, so the study layer pairs arms
-    by ``(world, seed)``. ``perturbation``: see :func:`pretrained`.
+    by ``(world, seed)``. ``perturbation``, ``perturb_at``: see :func:`pretrained`.
 
     >>> arms = world_arms(SimSize.tiny(epochs=1), ["all"], worlds=(0, 1))
     >>> sorted({(r["world"], r["seed"]) for r in arms["all"]})
@@ -364,7 +375,8 @@ def world_arms(
     out: dict[str, list[dict]] = {j: [] for j in judges}
     for w in worlds:
         sz = dataclasses.replace(size, world_seed=int(w))
-        base = pretrained(sz, sharing=sharing, understanding=understanding, perturbation=perturbation)
+        base = pretrained(sz, sharing=sharing, understanding=understanding, perturbation=perturbation,
+                          perturb_at=perturb_at)
         for j in judges:
             out[j] += run_arm(*base, sz.config(judge=j, **cfg_overrides), label=j, tags={"world": int(w)}).records
     return out

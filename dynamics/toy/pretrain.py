@@ -55,15 +55,18 @@ __all__ = [
 _FORMAT = 1  # bump when the recipe's meaning changes, so old cached checkpoints are not reused
 
 
-def cache_key(config: ToyConfig, steps: int, seed: int) -> str:
+def cache_key(config: ToyConfig, steps: int, seed: int, perturbation: float = 0.0) -> str:
     """A hash of everything that determines the pre-trained weights.
 
     >>> cache_key(ToyConfig(), 10, 0) == cache_key(ToyConfig(), 10, 0) != cache_key(ToyConfig(), 10, 1)
     True
+    >>> cache_key(ToyConfig(), 10, 0) != cache_key(ToyConfig(), 10, 0, perturbation=1e-6)
+    True
     """
-    blob = json.dumps({"config": config.to_dict(), "steps": int(steps), "seed": int(seed), "format": _FORMAT},
-                      sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    blob = {"config": config.to_dict(), "steps": int(steps), "seed": int(seed), "format": _FORMAT}
+    if perturbation:
+        blob["perturbation"] = float(perturbation)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def save_checkpoint(model: ToyModel, path_stem: str | os.PathLike, info: dict | None = None) -> tuple[str, str]:
@@ -248,8 +251,12 @@ def _losses(model: ToyModel, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def pretrain(config: ToyConfig | None = None, *, steps: int | None = None, seed: int = 0,
-             cache_dir: str | os.PathLike | None = None, progress: bool = True) -> ToyModel:
+             cache_dir: str | os.PathLike | None = None, progress: bool = True,
+             perturbation: float = 0.0) -> ToyModel:
     """Pre-train a :class:`ToyModel` for ``steps`` steps (default ``config.steps``) from ``seed``.
+    ``perturbation > 0`` moves the initial weights by that relative amount first
+    (:func:`dynamics.study.perturb`): a pre-training whose float rounding differs from the plain
+    one's, as on another CPU (1,200 steps of Adam carry a 1e-6 difference to a different model).
 
     With ``cache_dir`` the checkpoint is stored as ``toy-<hash>.safetensors`` + ``.json`` (the hash of
     config, steps and seed: :func:`cache_key`) and reused by later calls. ``model.pretrain_info``
@@ -261,8 +268,8 @@ def pretrain(config: ToyConfig | None = None, *, steps: int | None = None, seed:
     if steps < 0:
         raise ValueError(f"pretrain: steps must be >= 0, got {steps}")
     if cache_dir is None:
-        return _pretrain(config, steps, seed, None, progress)
-    stem = Path(cache_dir) / f"toy-{cache_key(config, steps, seed)}"
+        return _pretrain(config, steps, seed, None, progress, perturbation)
+    stem = Path(cache_dir) / f"toy-{cache_key(config, steps, seed, perturbation)}"
     stem.parent.mkdir(parents=True, exist_ok=True)
     # one process pre-trains, concurrent ones (parallel seeds, test workers) wait and load its checkpoint
     with FileLock(str(stem.with_suffix(".lock"))):
@@ -271,12 +278,17 @@ def pretrain(config: ToyConfig | None = None, *, steps: int | None = None, seed:
             model.pretrain_info["cache_hit"] = True
             model.pretrain_info["path"] = str(stem.with_suffix(".safetensors"))
             return model
-        return _pretrain(config, steps, seed, stem, progress)
+        return _pretrain(config, steps, seed, stem, progress, perturbation)
 
 
-def _pretrain(config: ToyConfig, steps: int, seed: int, stem: Path | None, progress: bool) -> ToyModel:
+def _pretrain(config: ToyConfig, steps: int, seed: int, stem: Path | None, progress: bool,
+              perturbation: float = 0.0) -> ToyModel:
     t0 = time.perf_counter()
     model = ToyModel(config, seed=seed)
+    if perturbation:
+        from dynamics.study import perturb
+
+        perturb(model, rel=perturbation, seed=seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
@@ -311,7 +323,8 @@ def _pretrain(config: ToyConfig, steps: int, seed: int, stem: Path | None, progr
             acc = {"gen": 0.0, "und": 0.0, "n": 0}
     model.eval()
     info = {"steps": steps, "seed": int(seed), "wall_s": time.perf_counter() - t0, "losses": curve,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "cache_hit": False}
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "cache_hit": False,
+            "perturbation": float(perturbation)}
     if stem is not None:
         save_checkpoint(model, stem, info)
         info["path"] = str(stem.with_suffix(".safetensors"))

@@ -64,14 +64,18 @@ class ToySize:
     ``overrides`` are :class:`~dynamics.toy.model.ToyConfig` fields (e.g. ``{"gen_noise": 0.2}``);
     ``cache_dir`` is the pre-trained checkpoint cache (None: pre-train every time). ``worlds``: the
     worlds' split seeds (which prompts pre-training holds out); a study's units are every
-    ``(world, seed)`` pair, one pre-trained model each.
+    ``(world, seed)`` pair, one pre-trained model each, or the ``(world, seed)`` pairs of
+    ``unit_list`` in its order.
 
     >>> ToySize(seeds=(0, 1), worlds=(0, 1)).units()
     [(0, 0), (0, 1), (1, 0), (1, 1)]
+    >>> ToySize(unit_list=((1, 2), (0, 0))).units()
+    [(1, 2), (0, 0)]
     """
 
     seeds: tuple[int, ...] = (0, 1, 2)
     worlds: tuple[int, ...] = (0,)
+    unit_list: tuple[tuple[int, int], ...] | None = None
     preset: str = "default"
     pretrain_steps: int | None = None
     overrides: dict = field(default_factory=dict)
@@ -96,22 +100,26 @@ class ToySize:
         return ToyConfig.preset(self.preset, sharing=sharing, **over)
 
     def units(self) -> list[tuple[int, int]]:
+        if self.unit_list is not None:
+            return [(int(w), int(s)) for w, s in self.unit_list]
         return [(int(w), int(s)) for w in self.worlds for s in self.seeds]
 
 
 def pretrained_model(size: ToySize, seed: int, *, sharing: str = "full", understanding: str = "head",
-                     check: bool = True, progress: bool = False, threshold: float = 0.5, world: int = 0):
+                     check: bool = True, progress: bool = False, threshold: float = 0.5, world: int = 0,
+                     perturbation: float = 0.0):
     """The pre-trained toy model of ``seed`` in world ``world`` (cached), in eval mode, its understanding read by the
     trained yes/no head (``"head"``) or through the Bayes link (``"bayes"``: a calibrated
     :class:`~dynamics.toy.bayes.BayesLinked`); with ``check`` stop unless it has the internal gap
     (:func:`dynamics.toy.pretrain.check_gap`, own verdicts at the CLO ``threshold``; the report is kept
-    as ``model.gap``)."""
+    as ``model.gap``). ``perturbation``: pre-trained from initial weights moved by that relative amount
+    (:func:`dynamics.toy.pretrain.pretrain`)."""
     from dynamics.toy.pretrain import check_gap, pretrain
 
     if understanding not in ("head", "bayes"):
         raise ValueError(f"understanding must be 'head' or 'bayes', got {understanding!r}")
     model = pretrain(size.config(sharing, world), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
-                     progress=progress)
+                     progress=progress, perturbation=perturbation)
     model.eval()
     if understanding == "bayes":
         from dynamics.toy.bayes import BayesLinked
@@ -144,15 +152,21 @@ def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_id
 
 def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
                 check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
-                perturbation: float = 0.0, skip_no_gap: bool = False) -> dict[str, list[dict]]:
+                perturbation: float = 0.0, perturb_at: str = "pretrained", skip_no_gap: bool = False
+                ) -> dict[str, list[dict]]:
     """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
     unit, shared by its arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields);
-    ``{judge: records of all units}``, each record tagged with its ``world``. ``perturbation > 0``
-    moves the pre-trained weights by that relative amount first (:func:`dynamics.study.perturb`): the
-    robustness run of a findings test. ``skip_no_gap``: a unit whose pre-trained model fails the gap
-    check (:func:`dynamics.toy.pretrain.check_gap`, the precondition the main job enforces too) is
-    left out of the study, with a logged reason, instead of stopping it: the inclusion criterion of a
-    study, applied before any arm runs."""
+    ``{judge: records of all units}``, each record tagged with its ``world``.
+
+    ``perturbation > 0`` is the robustness run of a findings test: every weight moved by that relative
+    amount, at ``perturb_at="pretrained"`` (the pre-trained weights, before CLO:
+    :func:`dynamics.study.perturb`) or ``"init"`` (the initial weights, before pre-training, which
+    1,200 steps carry to a different pre-trained model: what another CPU's rounding does). A unit
+    whose pre-trained model fails the gap check (:func:`dynamics.toy.pretrain.check_gap`, the
+    precondition the main job enforces too) stops the study, or with ``skip_no_gap`` is left out with
+    a logged reason: the inclusion criterion of a study, applied before any arm runs."""
+    if perturb_at not in ("pretrained", "init"):
+        raise ValueError(f"perturb_at={perturb_at!r}: expected 'pretrained' or 'init'")
     from dynamics.toy.pretrain import GapError
 
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
@@ -160,13 +174,14 @@ def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", 
     for w, s in size.units():
         try:
             model = pretrained_model(size, s, sharing=sharing, understanding=understanding, check=check,
-                                     progress=progress, world=w, threshold=size.clo.threshold)
+                                     progress=progress, world=w, threshold=size.clo.threshold,
+                                     perturbation=perturbation if perturb_at == "init" else 0.0)
         except GapError as e:
             if not skip_no_gap:
                 raise
             log.warning("unit (world %d, seed %d) left out of the study: %s", w, s, e)
             continue
-        if perturbation:
+        if perturbation and perturb_at == "pretrained":
             perturb(model, rel=perturbation, seed=s)
         cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
         got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on), tags={"world": w})
