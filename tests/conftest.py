@@ -22,16 +22,17 @@ from dynamics.toy.study import TOY_CLO, ToySize
 ROOT = Path(__file__).resolve().parents[1]
 TOY_CACHE = os.environ.get("DYNAMICS_CACHE", str(ROOT / "cache" / "toy"))
 
-# Seven candidate pre-trained models, the default recipe: world 0 (held-out split 0) with seeds 0-3 and
+# Eight candidate pre-trained models, the default recipe: world 0 (held-out split 0) with seeds 0-4 and
 # world 1 (split 1) with seeds 0-2. A unit enters the study only if its pre-trained model passes the
 # gap check, the precondition the main job enforces (CLO needs understanding ahead of generation). At
-# least TOY_MIN_UNITS must: six units give the weakest claim (self judge lowers Non beyond the control,
-# -5.4 ± 1.1 points on five units) power 0.92 at alpha = 0.01, five only 0.79. The arms are evaluated
-# before and after the round (the claims read nothing in between; skipping the intermediate
+# least TOY_MIN_UNITS must: seven units give the weakest claim (self judge lowers Non beyond the
+# control, -4.9 ± 1.0 points on six units) power 0.94 at alpha = 0.01, six only 0.87. The arms are
+# evaluated before and after the round (the claims read nothing in between; skipping the intermediate
 # evaluations leaves training unchanged).
-TOY_FINDINGS_SIZE = ToySize(unit_list=((0, 0), (0, 1), (0, 2), (0, 3), (1, 0), (1, 1), (1, 2)), cache_dir=TOY_CACHE,
+TOY_FINDINGS_SIZE = ToySize(unit_list=((0, 0), (0, 1), (0, 2), (0, 3), (0, 4), (1, 0), (1, 1), (1, 2)),
+                            cache_dir=TOY_CACHE,
                             clo=dataclasses.replace(TOY_CLO, progress=False, eval_every=TOY_CLO.epochs))
-TOY_MIN_UNITS = 6
+TOY_MIN_UNITS = 7
 TOY_JUDGES = ("self", "all", "corrupt:0.9")
 
 TOY_CLAIMS = {
@@ -69,5 +70,5 @@ def check_claims(claims, arms, *, perturbed: bool = False) -> None:
     verdicts = check(claims, arms)
     text = summary_lines(verdicts)
     assert all(v.estimate.n == len(units) for v in verdicts), text
-    what = "under a 1e-6 perturbation of the pre-trained weights" if perturbed else ""
+    what = "under a 1e-6 perturbation of the weights" if perturbed else ""
     assert all(v.holds for v in verdicts), f"claims that do not hold {what}:\n{text}"

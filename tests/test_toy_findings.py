@@ -1,8 +1,8 @@
 """The paper's findings in the toy world (a multi-token unified transformer judged exactly), as
 pre-registered hypothesis tests.
 
-Design (``tests/conftest.py``): seven candidate pre-trained models (world 0, i.e. held-out split 0,
-with seeds 0-3, and world 1 with seeds 0-2), of which those that pass the gap check enter the study (the main job's own
+Design (``tests/conftest.py``): eight candidate pre-trained models (world 0, i.e. held-out split 0,
+with seeds 0-4, and world 1 with seeds 0-2), of which those that pass the gap check enter the study (the main job's own
 precondition; on the machine these tests were written on, world 1 seed 2 fails it: its understanding
 is at 0.575 on balanced probes), one CLO round each with the default recipe, every arm from the same
 weights and seed:
