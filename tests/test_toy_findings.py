@@ -16,9 +16,9 @@ What holds and what does not at this scale:
 
 1. co-improvement: generation improves and Non falls beyond the control (tested). The trained
    understanding does not co-improve measurably: its false-positive rate beyond the control is
-   -0.3 ± 0.7 points on five units (two-sided p 0.68; an earlier three-seed reading on another
-   machine, -1.5 ± 0.6, does not replicate), it changes its verdict on about 2 % of the samples, and
-   the win rate stays within noise of 50 (45.0 ± 5.6 on 19 disagreements per unit). Not asserted;
+   -0.8 ± 0.6 points on seven units (two-sided p 0.23; an earlier three-seed reading on another
+   machine, -1.5 ± 0.6, was read as an effect), it changes its verdict on about 2 % of the samples,
+   and the win rate is 50.1 ± 5.1 on 19 disagreements per unit. Not asserted;
 2. co-degradation under a corrupt judge: generation degrades beyond the control (tested); the paper's
    "Non still falls" does *not* hold, Non rises beyond the control (tested), because the trained
    understanding does not follow the generator;
