@@ -14,9 +14,19 @@ without a display matplotlib falls back to a non-interactive backend by itself.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
-__all__ = ["finish", "pyplot", "save_figure", "write_summary"]
+__all__ = ["error_bar", "finish", "pyplot", "save_figure", "write_summary"]
+
+
+def error_bar(se: float | None) -> float:
+    """The length of an error bar for a standard error (0 where there is none: one seed, NaN).
+
+    >>> error_bar(float("nan")), error_bar(0.2)
+    (0.0, 0.2)
+    """
+    return 0.0 if se is None or math.isnan(se) else se
 
 
 def pyplot():

@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dynamics.figures.common import finish, pyplot, save_figure, write_summary
+from dynamics.figures.common import error_bar, finish, pyplot, save_figure, write_summary
 from dynamics.report import LABELS, aggregate
 
 __all__ = [
@@ -43,10 +43,6 @@ __all__ = [
 ]
 
 # --------------------------------------------------------------------------------------- panels
-
-
-def _se(x: float | None) -> float:
-    return 0.0 if x is None or math.isnan(x) else x
 
 
 def _curve(arm, key: str) -> list[list]:
@@ -79,7 +75,7 @@ def plot_curves(
             rows = _curve(arm, key)
             xs = [r[0] for r in rows]
             m = [math.nan if r[1] is None else r[1] for r in rows]
-            se = [_se(r[2]) for r in rows]
+            se = [error_bar(r[2]) for r in rows]
             style = {"marker": "o", "ms": 2.5, **((styles or {}).get(label, {}))}
             (line,) = ax.plot(xs, m, label=label, **style)
             ax.fill_between(
@@ -119,7 +115,7 @@ def plot_corrupt_scan(
     ps = [r["p"] for r in rows]
     for ax, key in zip(axes[0], keys):
         m = [r[key][0] for r in rows]
-        se = [_se(r[key][1]) for r in rows]
+        se = [error_bar(r[key][1]) for r in rows]
         ax.errorbar(ps, m, yerr=se, marker="o", ms=3, capsize=2, label="corrupt:p")
         for i, (name, ch) in enumerate((controls or {}).items()):
             ax.axhline(ch[key][0], color=f"C{i + 1}", lw=1, ls="--", label=name)
@@ -135,7 +131,7 @@ def plot_corrupt_scan(
 
 def _pair_bars(ax, vals, labels, title):
     """Two bars of (mean, standard error, n) values, red against grey."""
-    ax.bar([0, 1], [v[0] for v in vals], yerr=[_se(v[1]) for v in vals], color=["C3", "C7"], capsize=3)
+    ax.bar([0, 1], [v[0] for v in vals], yerr=[error_bar(v[1]) for v in vals], color=["C3", "C7"], capsize=3)
     ax.set_xticks([0, 1], labels)
     ax.set_title(title, fontsize=9)
 

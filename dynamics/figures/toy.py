@@ -28,7 +28,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dynamics.figures.common import finish, pyplot
+from dynamics.figures.common import error_bar, finish, pyplot
 from dynamics.report import LABELS
 
 __all__ = [
@@ -38,10 +38,6 @@ __all__ = [
     "draw_toy_sharing",
     "plot_category_bars",
 ]
-
-
-def _se(x: float | None) -> float:
-    return 0.0 if x is None or math.isnan(x) else x
 
 
 def _nan(x: float | None) -> float:
@@ -82,7 +78,7 @@ def plot_category_bars(rows: Sequence[dict], judges: Sequence[str], categories: 
             vals = [_bar_value(rows, j, c, metric) for c in cats]
             xs = [k + (i - (len(judges) - 1) / 2) * w for k in range(len(cats))]
             ys = [100 * v[0] for v in vals]
-            es = [100 * _se(v[1]) for v in vals]
+            es = [100 * error_bar(v[1]) for v in vals]
             ax.bar(xs, ys, w, yerr=es, label=j, capsize=2)
             if metric == "win_rate":
                 for x, y, v in zip(xs, ys, vals):
@@ -157,7 +153,7 @@ def draw_toy_sharing(result: dict, out_dir: str | Path) -> list[Path]:
                             ("Gen accuracy: self - control", "Und FP rate: self - control",
                              "Und win rate: self - control")):
         ys = [100 * _nan(results[lab][k]["vs_control"][0]) for lab in labels]
-        es = [100 * _se(results[lab][k]["vs_control"][1]) for lab in labels]
+        es = [100 * error_bar(results[lab][k]["vs_control"][1]) for lab in labels]
         ax.bar(range(len(labels)), ys, yerr=es, capsize=3, color=["#999999", "#4477aa", "#cc6677"][: len(labels)])
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(range(len(labels)))
@@ -184,7 +180,7 @@ def draw_toy_recipes(result: dict, out_dir: str | Path) -> list[Path]:
             pos = "after" if k == "win_rate" else None
             stats = [results[lab][k][arm][1 if pos else 2] for lab in labels]
             ys = [100 * (_nan(m) - (0.5 if pos else 0.0)) for m, _, _ in stats]
-            es = [100 * _se(se) for _, se, _ in stats]
+            es = [100 * error_bar(se) for _, se, _ in stats]
             xs = [j + (i - 0.5) * w for j in range(len(labels))]
             ax.bar(xs, ys, w, yerr=es, capsize=2, label=arm, color="#4477aa" if arm == "self" else "#bbbbbb")
             if k == "win_rate":

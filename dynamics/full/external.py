@@ -132,6 +132,29 @@ def _decode_all(decode: Decode, flat: torch.Tensor, batch_size: int) -> list[Any
     return out
 
 
+def _json_object(path, line: str, lineno: int) -> dict:
+    """One line of a judgement or detection file as a JSON object; a ValueError naming file and line."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{lineno}: malformed JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(row, dict):
+        raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004 (bad file content, like every line error)
+    return row
+
+
+def _require(path, row: dict, lineno: int, fields: Sequence[str]) -> None:
+    """The line holds ``fields``, among them a valid ``candidate`` hash; a ValueError naming file, line
+    and field otherwise."""
+    for key in fields:
+        if key not in row:
+            raise ValueError(f"{path}:{lineno}: missing field {key!r}")
+    cand = row["candidate"]
+    if not (isinstance(cand, str) and len(cand) == 64 and all(c in "0123456789abcdef" for c in cand)):
+        raise ValueError(f"{path}:{lineno}: field 'candidate' must be a 64-digit lowercase hex candidate_hash, "
+                         f"got {cand!r}")
+
+
 class MissingJudgementError(LookupError):
     """A :class:`FileJudge` was asked about a (prompt, candidate) pair its file does not hold."""
 
@@ -184,22 +207,10 @@ class FileJudge:
         return ValueError(f"{self.path}:{lineno}: {msg}")
 
     def _parse(self, line: str, lineno: int) -> dict:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise self._err(lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise self._err(lineno, f"expected a JSON object, got {type(row).__name__}")
+        row = _json_object(self.path, line, lineno)
         if "prompt" not in row and "prompt_id" not in row:
             raise self._err(lineno, "missing field 'prompt' (or 'prompt_id')")
-        for key in ("candidate", "label"):
-            if key not in row:
-                raise self._err(lineno, f"missing field {key!r}")
-        cand = row["candidate"]
-        if not (isinstance(cand, str) and len(cand) == 64 and all(c in "0123456789abcdef" for c in cand)):
-            raise self._err(
-                lineno, f"field 'candidate' must be a 64-digit lowercase hex candidate_hash, got {cand!r}"
-            )
+        _require(self.path, row, lineno, ("candidate", "label"))
         label = row["label"]
         if label not in (True, False, 0, 1) or isinstance(label, float):
             raise self._err(lineno, f"field 'label' must be true/false (or 1/0), got {label!r}")
@@ -358,20 +369,9 @@ class DetectionFile:
         return ValueError(f"{self.path}:{lineno}: {msg}")
 
     def _parse(self, line: str, lineno: int) -> tuple[str, list[dict]]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise self._err(lineno, f"malformed JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise self._err(lineno, f"expected a JSON object, got {type(row).__name__}")
-        for key in ("candidate", "detections"):
-            if key not in row:
-                raise self._err(lineno, f"missing field {key!r}")
+        row = _json_object(self.path, line, lineno)
+        _require(self.path, row, lineno, ("candidate", "detections"))
         cand = row["candidate"]
-        if not (isinstance(cand, str) and len(cand) == 64 and all(c in "0123456789abcdef" for c in cand)):
-            raise self._err(
-                lineno, f"field 'candidate' must be a 64-digit lowercase hex candidate_hash, got {cand!r}"
-            )
         if not isinstance(row["detections"], list):
             raise self._err(lineno, f"field 'detections' must be a list of objects, got {row['detections']!r}")
         out = []
