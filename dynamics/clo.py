@@ -651,8 +651,10 @@ def run_clo(
 
     if state is None:
         start_key = _start_key(cfg, train_ids, eval_ids, external is not None)
-        if shared_start is not None and start_key in shared_start:
-            eval_set, candidates, per0 = copy.deepcopy(shared_start[start_key])
+        reuse = shared_start is not None and start_key in shared_start
+        if reuse:  # build_data copies the candidates; the evaluation records are copied here
+            eval_set, candidates, per0 = shared_start[start_key]
+            per0 = copy.deepcopy(per0)
         else:
             eval_set = make_eval_set(model, cfg, eval_ids, external=external, seeds=replica_seeds(cfg, R, 1))
             candidates = (sample_candidates(model, cfg, train_ids, external=external, seeds=replica_seeds(cfg, R, 2))
@@ -662,9 +664,9 @@ def run_clo(
                           candidates=candidates)
         _check_training_set(cfg, data)
         if per0 is None:
-            per0 = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, R, 4), groups=groups)
-        if shared_start is not None:
-            shared_start[start_key] = (eval_set, candidates, per0)
+            per0 = _evaluate_now(model, cfg, eval_set, external, groups)
+            if shared_start is not None:
+                shared_start[start_key] = (eval_set, candidates, copy.deepcopy(per0))
         records = _epoch_records(model, cfg, eval_set, data, external, groups, epoch=0, extra={}, per=per0)
         metrics = list(records)
         if run is not None and writer:
@@ -740,11 +742,11 @@ def run_clo(
                 _save(run, model, opt, data, eval_set, epoch=epoch)
             if on_epoch and evaluated:
                 on_epoch(epoch, records)
-    finally:
+    finally:  # also on error: the caller gets the model back trainable and in eval mode
         for p in frozen:
             p.requires_grad_(True)
-    if module is not None:
-        module.eval()
+        if module is not None:
+            module.eval()
     return CLOResult(metrics=metrics, data=data, eval_set=eval_set, theory=theory)
 
 
@@ -783,10 +785,15 @@ def _check_training_set(cfg: CLOConfig, data: CLOData) -> None:
                 f"rejected candidate (replica {empty}), so there is no DPO pair")
 
 
+def _evaluate_now(model, cfg, eval_set, external, groups) -> list[dict]:
+    """The evaluation of an epoch (its seeds are the same every epoch: common random numbers)."""
+    return evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, len(eval_set.images), 4),
+                    groups=groups)
+
+
 def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra, per=None) -> list[dict]:
     if per is None:
-        per = evaluate(model, cfg, eval_set, external=external, seeds=replica_seeds(cfg, len(eval_set.images), 4),
-                       groups=groups)
+        per = _evaluate_now(model, cfg, eval_set, external, groups)
     R = len(per)
     if data.external_yes is not None:  # the share of the self-judged set the external judge accepts
         precision = _metrics.rate(data.external_yes, data.accepted)[0]

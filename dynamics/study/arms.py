@@ -90,11 +90,8 @@ def run_arm(model: UnifiedModel, cfg: CLOConfig, *, external: ExternalJudge | No
         res = run_clo(model, cfg, external=external, train_ids=train_ids, hooks=hooks, on_epoch=on_epoch,
                       shared_start=shared_start)
         trained = copy.deepcopy(model) if keep_model else None
-    finally:
+    finally:  # run_clo leaves the model in eval mode, also on error
         model.load_state_dict(state)
-        module = model if isinstance(model, torch.nn.Module) else getattr(model, "module", None)
-        if module is not None:
-            module.eval()
     records = [{**r, **(tags or {})} for r in flatten_groups(res.metrics)]
     theory = [{**r, **(tags or {})} for r in res.theory]
     return Arm(label or cfg.judge, cfg, records, theory, res.data, trained)
