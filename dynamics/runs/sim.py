@@ -66,9 +66,7 @@ def hooks_for(args, world, model, cfg):
         return []
     from dynamics.sim.tracking import TheoryTracker
 
-    n_mis = max(1, (3 * args.probes) // 4)
-    return [TheoryTracker(world, model, every=args.track_every, n_misaligned=n_mis,
-                          n_aligned=max(1, args.probes - n_mis), seed=args.seed, config=cfg)]
+    return [TheoryTracker.with_probes(world, model, args.probes, every=args.track_every, seed=args.seed, config=cfg)]
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:

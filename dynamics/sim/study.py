@@ -309,16 +309,8 @@ def run_arm(
     ref = Reference.of(model0)
     hooks = []
     if track_every > 0:
-        n_mis = max(1, (3 * probes) // 4)
-        kw = {
-            "every": track_every,
-            "n_misaligned": n_mis,
-            "n_aligned": max(1, probes - n_mis),
-            "seed": cfg.seed,
-            "config": cfg,
-        }
-        kw.update(tracker_kw or {})
-        hooks.append(TheoryTracker(world, model0, **kw))
+        kw = {"every": track_every, "seed": cfg.seed, "config": cfg, **(tracker_kw or {})}
+        hooks.append(TheoryTracker.with_probes(world, model0, probes, **kw))
 
     def on_epoch(epoch: int, records: list[dict]) -> None:
         for rec, ex in zip(records, exact_epoch_metrics(world, model0, ref, threshold=cfg.threshold)):

@@ -303,6 +303,20 @@ class TheoryTracker:
     ``after_step`` returns one record per replica (see :meth:`after_step`).
     """
 
+    @classmethod
+    def with_probes(cls, world, model, probes: int, **kw) -> TheoryTracker:
+        """A tracker of ``probes`` probe pairs, three quarters misaligned (at least one of each);
+        ``kw`` as for the constructor.
+
+        >>> from dynamics.sim import SimWorld, SimModel
+        >>> w = SimWorld(8, 8)
+        >>> t = TheoryTracker.with_probes(w, SimModel(w), 8)
+        >>> int((~t.probe_aligned).sum()), int(t.probe_aligned.sum())
+        (6, 2)
+        """
+        n_mis = max(1, (3 * probes) // 4)
+        return cls(world, model, n_misaligned=n_mis, n_aligned=max(1, probes - n_mis), **kw)
+
     def __init__(self, world, model, *, every: int = 1, probes=None, n_misaligned: int = 24,
                  n_aligned: int = 8, seed: int = 0, config=None, optimizer: str | None = None,
                  beta: float | None = None, dpo_variant: str | None = None, nll_weight: float | None = None,
