@@ -42,6 +42,7 @@ from dynamics.sim.world import SimWorld
 from dynamics.study import Arm as _Arm
 from dynamics.study import change, final_values, mean_se, paired_difference, perturb, slope
 from dynamics.study import run_arm as _run_arm
+from dynamics.study.arms import check_perturb_at
 
 __all__ = [
     "Arm",
@@ -199,8 +200,7 @@ def pretrained(
         understanding=understanding or size.understanding,
         dtype=torch.float64 if size.float64 else torch.float32,
     )
-    if perturb_at not in ("pretrained", "init"):
-        raise ValueError(f"perturb_at={perturb_at!r}: expected 'pretrained' or 'init'")
+    check_perturb_at(perturb_at)
     if perturbation and perturb_at == "init":
         perturb(model, rel=perturbation, seed=size.seed)
     pretrain(world, model, steps=size.pretrain_steps, gap=size.gap, seed=size.seed)

@@ -32,7 +32,7 @@ from dynamics.clo import CLOConfig, CLOData, StepHook, run_clo
 from dynamics.protocol import ExternalJudge, UnifiedModel
 from dynamics.study.read import flatten_groups
 
-__all__ = ["Arm", "judge_configs", "perturb", "run_arm", "run_arms", "snapshot"]
+__all__ = ["PERTURB_AT", "Arm", "check_perturb_at", "judge_configs", "perturb", "run_arm", "run_arms", "snapshot"]
 
 
 @dataclass
@@ -75,6 +75,22 @@ def perturb(model: UnifiedModel, *, rel: float = 1e-6, seed: int = 0) -> Unified
                 z = torch.randn(v.shape, generator=g, dtype=torch.float64).to(v.dtype)
                 v.mul_(1 + rel * z)
     return model
+
+
+PERTURB_AT = ("pretrained", "init")
+
+
+def check_perturb_at(perturb_at: str) -> None:
+    """Where a robustness run perturbs: the pre-trained weights (before CLO) or the initial weights
+    (before pre-training, which carries the perturbation to a different pre-trained model).
+
+    >>> check_perturb_at("later")
+    Traceback (most recent call last):
+    ...
+    ValueError: perturb_at='later': expected 'pretrained' or 'init'
+    """
+    if perturb_at not in PERTURB_AT:
+        raise ValueError(f"perturb_at={perturb_at!r}: expected 'pretrained' or 'init'")
 
 
 def run_arm(model: UnifiedModel, cfg: CLOConfig, *, external: ExternalJudge | None, label: str | None = None,

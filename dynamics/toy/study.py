@@ -33,6 +33,7 @@ import torch
 from dynamics.clo import CLOConfig, batch_loss, build_data, replica_seeds, train_batch
 from dynamics.study import change, flatten_groups, judge_configs, paired_difference, perturb, slope
 from dynamics.study import run_arms as _run_arms
+from dynamics.study.arms import check_perturb_at
 from dynamics.study.first_order import one_step
 from dynamics.study.first_order import rows as one_step_rows
 from dynamics.study.first_order import summary as one_step_summary
@@ -165,8 +166,7 @@ def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", 
     whose pre-trained model fails the gap check (:func:`dynamics.toy.pretrain.check_gap`, the
     precondition the main job enforces too) stops the study, or with ``skip_no_gap`` is left out with
     a logged reason: the inclusion criterion of a study, applied before any arm runs."""
-    if perturb_at not in ("pretrained", "init"):
-        raise ValueError(f"perturb_at={perturb_at!r}: expected 'pretrained' or 'init'")
+    check_perturb_at(perturb_at)
     from dynamics.toy.pretrain import GapError
 
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
