@@ -91,7 +91,7 @@ def change(records: Sequence[dict], key: str, *, start: int = 0, end: int | None
     b, a = per_unit(records, key, start), per_unit(records, key, end)
     units = sorted(set(a) & set(b))
     return (one_sample(b[u] for u in units).as_tuple(), one_sample(a[u] for u in units).as_tuple(),
-            delta(records, key, start=start, end=end).as_tuple())
+            one_sample(a[u] - b[u] for u in units).as_tuple())
 
 
 def paired_difference(records_a: Sequence[dict], records_b: Sequence[dict], key: str, *, start: int = 0,
