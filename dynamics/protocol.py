@@ -49,11 +49,32 @@ from typing import Protocol, runtime_checkable
 import torch
 
 __all__ = [
+    "COUPLINGS",
     "ExternalJudge",
     "PromptSet",
     "UnifiedModel",
+    "check_coupling",
     "check_images",
 ]
+
+# How a model's understanding reads its generation branch, from no transfer to the theory's
+# idealisation; each scale builds the four (the simulator's model, the toy's networks).
+COUPLINGS = ("decoupled", "trunk", "tied", "bayes")
+
+
+def check_coupling(coupling: str) -> str:
+    """``coupling`` if it is one of :data:`COUPLINGS` (``decoupled``: understanding on private copies
+    of every parameter, BAGEL-like experts; ``trunk``: a shared trunk, images read through the
+    understanding's own embeddings, Janus-like; ``tied``: one image vocabulary read and written through
+    the same embeddings, Show-o / Emu3 / Chameleon-like; ``bayes``: understanding is the generator's
+    posterior, the theory's idealisation), else a ``ValueError`` naming it.
+
+    >>> check_coupling("trunk")
+    'trunk'
+    """
+    if coupling not in COUPLINGS:
+        raise ValueError(f"coupling must be one of {', '.join(COUPLINGS)}; got {coupling!r}")
+    return coupling
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
     python paper_figures/make_all.py                 # full size (minutes)
     python paper_figures/make_all.py --quick         # seconds-long smoke runs of every figure
-    python paper_figures/make_all.py --only sharing  # the scripts whose name contains "sharing"
+    python paper_figures/make_all.py --only phase  # the scripts whose name contains "phase"
 
 ``--quick`` and ``--out`` are passed to every script. Exits with status 1 naming the scripts that
 failed (the others still run).

@@ -196,19 +196,19 @@ def test_toy_main_path_stops_clearly_without_a_gap(tmp_path, capsys):
 
 def test_toy_main_path_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
     """The whole toy path (pre-training, CLO, table, curves, sample grids) on the tiny preset, with the
-    gap check skipped (a tiny model has no gap), and with the Bayes-linked understanding."""
-    for understanding in ("head", "bayes"):
-        out = tmp_path / understanding
+    gap check skipped (a tiny model has no gap), decoupled and with the Bayes-linked understanding."""
+    for coupling in ("decoupled", "bayes"):
+        out = tmp_path / coupling
         recs = full_clo(["--toy-preset", "tiny", "--pretrain-steps", "5", "--epochs", "1", "--candidates", "2",
                          "--eval-candidates", "2", "--judge", "all", "--curriculum", "off", "--no-gap-check",
-                         "--understanding", understanding, "--cache-dir", tmp_path / "cache"], out)
+                         "--coupling", coupling, "--cache-dir", tmp_path / "cache"], out)
         assert [r["epoch"] for r in recs] == [0, 1]
         for name in ("summary.txt", "curves.png", "samples_before.png", "samples_after.png", "metrics.jsonl"):
             assert (out / name).exists(), name
         assert "tag:counting" in (out / "summary.txt").read_text()
         info = json.loads((out / "config.json").read_text())["run"]
-        assert info["understanding"] == understanding
-    assert "understanding=bayes" in capsys.readouterr().out
+        assert info["coupling"] == coupling
+    assert "coupling=bayes" in capsys.readouterr().out
 
 
 def test_bench_toy_default_quick(tmp_path):

@@ -94,15 +94,19 @@ def _run(args: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def test_one_figure_script_quick(tmp_path):
-    proc = _run([str(FIG_DIR / "fig_sharing.py"), "--quick", "--out", str(tmp_path)])
+    proc = _run([str(FIG_DIR / "fig_phase_diagram.py"), "--quick", "--out", str(tmp_path)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    summary = _check_outputs(tmp_path, "fig_sharing")
-    assert set(summary["arms"]) == {"shared", "partial:0.5", "decoupled"}
+    summary = _check_outputs(tmp_path, "fig_phase_diagram")
+    assert set(summary["rows"]) == {"decoupled", "trunk", "tied", "bayes"}
+    assert set(summary["rows"]["bayes"]) == {"self", "corrupt:0.6"}
+    from dynamics.study import PHASES
+
+    assert {row["phase"] for rows in summary["rows"].values() for row in rows.values()} <= set(PHASES)
 
 
 def test_figure_command_line_refuses_bad_sizes(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
-        main("sharing", ["--quick", "--seeds", "0", "--out", str(tmp_path)])
+        main("phase_diagram", ["--quick", "--seeds", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "SimSize.seeds=0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown figure 'nope'"):
         main("nope", [])

@@ -22,7 +22,7 @@ worlds 0-2; the closing note of the change that introduced this design gives the
 2. co-degradation under poor supervision: both branches degrade beyond the control (holds); the
    paper's "Non still falls" holds only in absolute terms: beyond the control Non does not move
    (equivalent to zero within 5 points): its fall is drift that the unfiltered control shows too;
-3. decoupled sharing: the understanding cannot move when only generation trains (exact);
+3. decoupled coupling: the understanding cannot move when only generation trains (exact);
 4. curriculum replay: the discard pool shrinks and the training set grows (bookkeeping of
    Algorithm 2); whether late replay beats early replay is measured by
    ``paper_figures/fig_curriculum.py``, not asserted;
@@ -161,7 +161,7 @@ def test_the_perturbation_moves_the_trajectories(arms, perturbed):
 
 @pytest.fixture(scope="module")
 def decoupled():
-    world, m0 = pretrained(SIZE, sharing="decoupled")
+    world, m0 = pretrained(SIZE, coupling="decoupled")
     return run_arm(world, m0, SIZE.config(judge="self"))
 
 
@@ -170,6 +170,7 @@ def test_decoupled_understanding_does_not_move(decoupled):
     table is unchanged bit for bit, the win rate is 50 with an empty denominator at every epoch,
     while generation still improves (one-sided t over the replicas)."""
     assert torch.equal(decoupled.model.understanding_table(), decoupled.reference.und.to(torch.float32))
+    assert decoupled.model.coupling == "decoupled"
     for r in decoupled.records:
         assert r["win_rate"] == 0.5 and r["win_rate_n"] == 0, r
         assert r["exact_win_mass"] == 0.0
@@ -225,7 +226,7 @@ def test_replay_moves_only_prompts_with_an_accepted_candidate(curriculum):
 # ------------------------------------------------------------------------------------- finding 5
 
 
-@pytest.mark.parametrize("kw", [{}, {"loss": "dpo"}, {"understanding": "head"}], ids=["sft", "dpo", "head"])
+@pytest.mark.parametrize("kw", [{}, {"loss": "dpo"}, {"coupling": "tied"}], ids=["sft", "dpo", "tied"])
 def test_first_order_error_in_the_loop_is_small_and_shrinks_as_eta_squared(kw):
     """The first tracked CLO step from the same pre-trained model at three step sizes (float64): the
     measured Delta G and Delta U agree with Proposition 1 / Lemmas 3-4 (exact eNTK) to < 1 %, and the

@@ -1,4 +1,4 @@
-"""The simulator's model: protocol, replicas, the Bayes link, sharing regimes, pre-training gap and
+"""The simulator's model: protocol, replicas, the Bayes link, the coupling knob, pre-training gap and
 the co-improvement / co-degradation mechanism under a generation-only update."""
 
 import copy
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dynamics.protocol import UnifiedModel
-from dynamics.sim import SimModel, SimWorld, parse_sharing
+from dynamics.sim import COUPLINGS, PRIVATE_KEYS, SimModel, SimWorld, check_coupling
 from dynamics.sim.pretrain import exact_metrics, pretrain, pretraining_data
 
 torch.set_num_threads(1)
@@ -29,9 +29,9 @@ def _sgd_sft(model, ids, images, weights, *, lr, steps):
         opt.step()
 
 
-@pytest.mark.parametrize("understanding", ["bayes", "head"])
-def test_protocol_and_shapes(world, understanding):
-    m = SimModel(world, replicas=3, understanding=understanding, seed=1)
+@pytest.mark.parametrize("coupling", COUPLINGS)
+def test_protocol_and_shapes(world, coupling):
+    m = SimModel(world, replicas=3, coupling=coupling, seed=1)
     assert isinstance(m, UnifiedModel) and m.image_length == 1
     ids = torch.tensor([0, 5, 7, 5])
     x = m.sample(ids, 6, seed=0)
@@ -61,13 +61,13 @@ def test_sampling_is_seeded_per_replica_and_follows_pi(world):
 
 def test_replicas_are_independent_seeds(world):
     """R stacked replicas equal R one-replica models with seeds seed + r, also after a training step."""
-    big = SimModel(world, replicas=3, seed=4, understanding="head", dtype=torch.float64)
+    big = SimModel(world, replicas=3, seed=4, coupling="tied", dtype=torch.float64)
     ids = torch.arange(6)
     x = big.sample(ids, 3, seed=[0, 1, 2])
     w = torch.ones(3, 6, 3, dtype=torch.float64)
     _sgd_sft(big, ids, x, w, lr=0.3, steps=2)
     for r in range(3):
-        one = SimModel(world, replicas=1, seed=4 + r, understanding="head", dtype=torch.float64)
+        one = SimModel(world, replicas=1, seed=4 + r, coupling="tied", dtype=torch.float64)
         _sgd_sft(one, ids, x[r : r + 1], w[r : r + 1], lr=0.3, steps=2)
         assert torch.allclose(one.gen_logits(ids)[0], big.gen_logits(ids)[r], atol=1e-12)
         assert torch.allclose(one.understanding_table()[0], big.understanding_table()[r], atol=1e-12)
@@ -75,7 +75,7 @@ def test_replicas_are_independent_seeds(world):
 
 def test_bayes_understanding_is_the_calibrated_posterior_of_generation(world):
     """P(yes) = sigmoid(a (log pi(y|x) + log P - c)) with log pi(y|x) from the generation branch alone."""
-    m = SimModel(world, replicas=2, seed=0, understanding="bayes", bayes_scale=1.7, bayes_offset=0.3,
+    m = SimModel(world, replicas=2, seed=0, coupling="bayes", bayes_scale=1.7, bayes_offset=0.3,
                  dtype=torch.float64)
     with torch.no_grad():
         m.gen_head["bias"].normal_(generator=torch.Generator().manual_seed(0))  # a generic preference
@@ -87,9 +87,9 @@ def test_bayes_understanding_is_the_calibrated_posterior_of_generation(world):
 
 
 def test_functional_form_matches_the_batched_model(world):
-    for understanding in ("bayes", "head"):
-        m = SimModel(world, replicas=2, seed=3, understanding=understanding, sharing="partial:0.4",
-                     dtype=torch.float64)
+    for coupling in COUPLINGS:
+        m = SimModel(world, replicas=2, seed=3, coupling=coupling, dtype=torch.float64)
+        understanding = m.understanding
         p = m.functional_params(1)
         assert set(p) == set(dict(m.named_parameters()))
         assert sorted(n for names in m.param_blocks().values() for n in names) == sorted(p)
@@ -106,35 +106,52 @@ def test_functional_form_matches_the_batched_model(world):
             assert torch.allclose(post, m.posterior_logprob(ids, img)[1, 0, 0], atol=1e-12)
 
 
-@pytest.mark.parametrize("understanding", ["bayes", "head"])
-def test_generation_parameters_and_decoupled_understanding_cannot_move(world, understanding):
+def test_generation_parameters_and_decoupled_understanding_cannot_move(world):
+    """A generation-only update moves every coupling's understanding except ``decoupled``, whose
+    understanding reads only private tensors; ``trunk`` reads private image embeddings only."""
     ids = torch.arange(20)
     tables = {}
-    for sharing in ("shared", "partial:0.5", "decoupled"):
-        m = SimModel(world, replicas=2, seed=0, understanding=understanding, sharing=sharing)
+    for coupling in COUPLINGS:
+        m = SimModel(world, replicas=2, seed=0, coupling=coupling)
+        private = {k for k in m.und_private}
+        assert private == set(PRIVATE_KEYS[coupling])
         scope = {id(p) for p in m.generation_parameters()}
         assert not scope & {id(p) for p in m.understanding_parameters()}
         assert scope | {id(p) for p in m.understanding_parameters()} == {id(p) for p in m.parameters()}
         before = m.understanding_table()
         x = m.sample(ids, 4, seed=0)
         _sgd_sft(m, ids, x, torch.ones(2, 20, 4), lr=0.5, steps=3)
-        tables[sharing] = float((m.understanding_table() - before).abs().max())
+        tables[coupling] = float((m.understanding_table() - before).abs().max())
     assert tables["decoupled"] == 0.0
-    assert tables["shared"] > 1e-3 and tables["partial:0.5"] > 1e-3
+    assert min(tables["trunk"], tables["tied"], tables["bayes"]) > 1e-3
 
 
-def test_parse_sharing_and_bad_input(world):
-    assert parse_sharing("partial:0.3") == 0.3
-    for bad in ("partial:2", "partial:x", "half"):
-        with pytest.raises(ValueError, match="sharing"):
-            parse_sharing(bad)
+def test_trunk_coupling_reads_its_own_image_embeddings(world):
+    """``trunk``: moving generation's image-token embeddings leaves the understanding unchanged;
+    moving the shared trunk moves it. ``tied``: both move it."""
+    for coupling, moved_by_images in (("trunk", False), ("tied", True)):
+        m = SimModel(world, replicas=1, seed=0, coupling=coupling, dtype=torch.float64)
+        before = m.understanding_table()
+        with torch.no_grad():
+            m.shared["image_emb"].add_(1.0)
+        assert (float((m.understanding_table() - before).abs().max()) > 1e-6) == moved_by_images
+        with torch.no_grad():
+            m.shared["w1"].mul_(1.5)
+        assert float((m.understanding_table() - before).abs().max()) > 1e-6
+
+
+def test_check_coupling_and_bad_input(world):
+    assert check_coupling("tied") == "tied"
+    for bad in ("shared", "partial:0.5", "head"):
+        with pytest.raises(ValueError, match="coupling"):
+            check_coupling(bad)
     m = SimModel(world, replicas=2)
     with pytest.raises(ValueError, match="prompt_ids"):
         m.gen_logits(torch.tensor([20]))
     with pytest.raises(ValueError, match="replicas"):
         m.judge(torch.tensor([0]), torch.zeros(3, 1, 1, 1, dtype=torch.long))
-    with pytest.raises(ValueError, match="understanding"):
-        SimModel(world, understanding="both")
+    with pytest.raises(ValueError, match="coupling must be one of decoupled, trunk, tied, bayes; got 'both'"):
+        SimModel(world, coupling="both")
     with pytest.raises(ValueError, match="gap"):
         pretrain(world, m, gap=1.5)
 
@@ -151,9 +168,9 @@ def test_pretraining_data_per_replica_seed(world):
 def test_pretraining_replicas_equal_one_replica_runs():
     """Replica r of a vectorised pre-training run is the one-replica run with seeds seed + r."""
     w = SimWorld(prompts=8, tokens=8, seed=1)
-    big = SimModel(w, replicas=2, seed=3, understanding="head", dtype=torch.float64)
+    big = SimModel(w, replicas=2, seed=3, coupling="tied", dtype=torch.float64)
     pretrain(w, big, steps=5, seed=10)
-    one = SimModel(w, replicas=1, seed=4, understanding="head", dtype=torch.float64)
+    one = SimModel(w, replicas=1, seed=4, coupling="tied", dtype=torch.float64)
     pretrain(w, one, steps=5, seed=11)
     assert torch.allclose(big.gen_logits(torch.arange(8))[1], one.gen_logits(torch.arange(8))[0], atol=1e-10)
     assert torch.allclose(big.understanding_table()[1], one.understanding_table()[0], atol=1e-10)
@@ -162,17 +179,17 @@ def test_pretraining_replicas_equal_one_replica_runs():
 @pytest.fixture(scope="module")
 def pretrained(world):
     out = {}
-    for sharing in ("shared", "decoupled"):
-        m = SimModel(world, replicas=2, seed=0, understanding="bayes", sharing=sharing)
+    for coupling in ("bayes", "decoupled"):
+        m = SimModel(world, replicas=2, seed=0, coupling=coupling)
         pretrain(world, m, steps=100, gap=0.3, seed=0)
-        out[sharing] = m
+        out[coupling] = m
     return out
 
 
 def test_pretraining_leaves_a_gap(world, pretrained):
     """Understanding clearly better than generation, most self-rejections truly wrong (weak
     generation), Non in the paper's range, and false positives to correct."""
-    stats = exact_metrics(world, pretrained["shared"])
+    stats = exact_metrics(world, pretrained["bayes"])
     assert bool((stats["und_acc"] > stats["gen_acc"] + 0.1).all())
     assert bool((stats["attribution"] > 0.5).all())
     assert bool(((stats["non_unification"] > 0.1) & (stats["non_unification"] < 0.4)).all())
@@ -184,19 +201,19 @@ def _own_samples(world, m, ids):
     return x, world.oracle(ids, x)
 
 
-def test_co_improvement_in_the_shared_regime_only(world, pretrained):
+def test_co_improvement_in_the_bayes_coupling_only(world, pretrained):
     """Generation-only SFT on clean (oracle-filtered) own samples lowers the understanding's
     false-positive rate when the branches share parameters, and leaves it exactly unchanged when
     they do not."""
     ids = torch.arange(20)
-    for sharing, m0 in pretrained.items():
+    for coupling, m0 in pretrained.items():
         m = copy.deepcopy(m0)
         before = exact_metrics(world, m)
         x, ok = _own_samples(world, m, ids)
         _sgd_sft(m, ids, x, ok.float(), lr=1.0, steps=20)
         after = exact_metrics(world, m)
         assert bool((after["gen_acc"] > before["gen_acc"] + 0.1).all())
-        if sharing == "shared":
+        if coupling == "bayes":
             assert bool((after["und_fp_rate"] < before["und_fp_rate"]).all())
         else:
             assert torch.equal(after["und_fp_rate"], before["und_fp_rate"])
@@ -205,7 +222,7 @@ def test_co_improvement_in_the_shared_regime_only(world, pretrained):
 def test_co_degradation_on_bad_positives(world, pretrained):
     """Training on misaligned own samples as positives raises the false-positive rate (shared)."""
     ids = torch.arange(20)
-    m = copy.deepcopy(pretrained["shared"])
+    m = copy.deepcopy(pretrained["bayes"])
     before = exact_metrics(world, m)
     x, ok = _own_samples(world, m, ids)
     _sgd_sft(m, ids, x, (~ok).float(), lr=1.0, steps=20)

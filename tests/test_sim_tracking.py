@@ -39,9 +39,8 @@ def world():
     return SimWorld(prompts=12, tokens=12, seed=0)
 
 
-def _model(world, understanding, sharing="shared"):
-    m = SimModel(world, replicas=2, seed=0, understanding=understanding, sharing=sharing, dim=16, hidden=16,
-                 dtype=torch.float64)
+def _model(world, coupling):
+    m = SimModel(world, replicas=2, seed=0, coupling=coupling, dim=16, hidden=16, dtype=torch.float64)
     pretrain(world, m, steps=20, seed=0)
     return m
 
@@ -85,14 +84,14 @@ def _slope(lrs, errs):
     return math.log(errs[0] / errs[-1]) / math.log(lrs[0] / lrs[-1])
 
 
-@pytest.mark.parametrize("understanding, sharing, kind", [
-    ("bayes", "shared", "sft"),
-    ("head", "shared", "sft"),
-    ("bayes", "partial:0.5", "sft"),
-    ("bayes", "shared", "dpo"),
+@pytest.mark.parametrize("coupling, kind", [
+    ("bayes", "sft"),
+    ("tied", "sft"),
+    ("trunk", "sft"),
+    ("bayes", "dpo"),
 ])
-def test_first_order_error_is_small_and_shrinks_as_eta_squared(world, understanding, sharing, kind):
-    m0 = _model(world, understanding, sharing)
+def test_first_order_error_is_small_and_shrinks_as_eta_squared(world, coupling, kind):
+    m0 = _model(world, coupling)
     if kind == "sft":
         batch, loss_fn, kw = _sft_batch(world, m0), sft_loss, {}
     else:
@@ -111,7 +110,7 @@ def test_first_order_error_is_small_and_shrinks_as_eta_squared(world, understand
 
 
 def test_decoupled_understanding_prediction_and_measurement_are_zero(world):
-    m0 = _model(world, "bayes", "decoupled")
+    m0 = _model(world, "decoupled")
     (recs,) = _residuals(world, m0, _sft_batch(world, m0), [0.05], sft_loss, {})
     for rec in recs:
         assert max(abs(v) for v in rec["delta_u"]) == 0.0
@@ -148,7 +147,7 @@ def test_matrix_free_prediction_equals_explicit_entk_and_proposition_1():
     """The tracker's contraction equals -eta A K G with K from dynamics.kernels.entk, and its Bayes
     Delta U equals dynamics.theory's Proposition 1 form."""
     w = SimWorld(prompts=6, tokens=6, seed=2)
-    m = SimModel(w, replicas=1, seed=1, understanding="bayes", dim=8, hidden=8, dtype=torch.float64)
+    m = SimModel(w, replicas=1, seed=1, coupling="bayes", dim=8, hidden=8, dtype=torch.float64)
     ids = torch.tensor([0, 3])
     x = m.sample(ids, 2, seed=0)
     batch = TrainBatch("sft", ids, torch.tensor([[[1.0, 1.0], [1.0, 0.0]]], dtype=torch.float64), images=x)
@@ -191,7 +190,7 @@ def test_records_every_kth_step_and_flag_non_sgd(world):
 
 
 def test_probe_values_read_the_model(world):
-    m = _model(world, "head")
+    m = _model(world, "tied")
     pr = default_probes(world, n_misaligned=4, n_aligned=2, seed=1)
     v = probe_values(m, pr)
     lp = torch.log_softmax(m.gen_logits(torch.arange(12)).detach(), -1)[:, pr[:, 0], pr[:, 1]]

@@ -1,4 +1,4 @@
-"""The toy unified model: protocol shapes, sampler, teacher forcing, sharing scopes, probes, pre-training
+"""The toy unified model: protocol shapes, sampler, teacher forcing, coupling scopes, probes, pre-training
 (tiny preset only) and the checkpoint cache."""
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from dynamics.toy.pretrain import (
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module", params=["full", "janus"])
+@pytest.fixture(scope="module", params=["tied", "trunk", "decoupled"])
 def model(request):
-    return ToyModel(ToyConfig.preset("tiny", sharing=request.param), seed=0)
+    return ToyModel(ToyConfig.preset("tiny", coupling=request.param), seed=0)
 
 
 IDS = torch.tensor([0, 4, 20, 60, 125, 4])  # short and long prompts, a repeated id
@@ -83,15 +83,17 @@ def test_log_p_yes_matches_judge(model):
     torch.testing.assert_close(model.log_p_yes(IDS, x).exp().detach(), model.judge(IDS, x))
 
 
-def test_generation_scope_janus_excludes_understanding():
-    m = ToyModel(ToyConfig.preset("tiny", sharing="janus"), seed=0)
+@pytest.mark.parametrize("coupling", ["trunk", "decoupled"])
+def test_generation_scope_excludes_understanding(coupling):
+    m = ToyModel(ToyConfig.preset("tiny", coupling=coupling), seed=0)
     gen_ids = {id(p) for p in m.generation_parameters()}
     und = m.parameter_groups()["understanding"]
     assert und and not any(id(p) in gen_ids for p in und)
     assert {id(m.gen_head), id(m.gen_image_embed), id(m.gen_cell_pos)} <= gen_ids
     assert {id(p) for p in m.trunk.layers.parameters()} <= gen_ids
+    assert {id(p) for p in m.parameters()} == gen_ids | {id(p) for p in und}
     # A generation loss reaches no understanding-only parameter; an understanding loss reaches no
-    # generation-only one; both reach the shared trunk.
+    # generation-only one; both reach the shared trunk (trunk), or none is shared (decoupled).
     x = m.sample(IDS, 2, seed=0)
     m.zero_grad()
     (-m.image_logprob(IDS, x).sum()).backward()
@@ -101,11 +103,28 @@ def test_generation_scope_janus_excludes_understanding():
     (-m.log_p_yes(IDS, x).sum()).backward()
     assert all(p.grad is None or not p.grad.any() for p in m.parameter_groups()["generation"])
     assert m.und_image_embed.grad.abs().sum() > 0
+    shared_grad = m.trunk.layers[0].mlp.up_proj.weight.grad
+    assert (shared_grad is not None and shared_grad.abs().sum() > 0) == (coupling == "trunk")
     m.zero_grad()
 
 
-def test_generation_scope_full_is_everything():
-    m = ToyModel(ToyConfig.preset("tiny", sharing="full"), seed=0)
+def test_decoupled_understanding_starts_equal_and_ignores_generation_updates():
+    """The decoupled understanding's trunk starts as a copy of generation's and is not moved by a
+    generation-only step; its P(yes) is unchanged while generation's log-probabilities move."""
+    m = ToyModel(ToyConfig.preset("tiny", coupling="decoupled"), seed=0)
+    for (n, a), b in zip(m.trunk.named_parameters(), m.und_trunk.parameters()):
+        assert torch.equal(a, b) and a is not b, n
+    x = m.sample(IDS, 2, seed=0)
+    yes0, gen0 = m.log_p_yes(IDS, x).detach(), m.image_logprob(IDS, x).detach()
+    opt = torch.optim.SGD(m.generation_parameters(), lr=0.5)
+    (-m.image_logprob(IDS, x).sum()).backward()
+    opt.step()
+    assert torch.equal(m.log_p_yes(IDS, x).detach(), yes0)
+    assert float((m.image_logprob(IDS, x).detach() - gen0).abs().max()) > 1e-3
+
+
+def test_generation_scope_tied_is_everything():
+    m = ToyModel(ToyConfig.preset("tiny", coupling="tied"), seed=0)
     assert {id(p) for p in m.generation_parameters()} == {id(p) for p in m.parameters()}
     assert m.parameter_groups()["understanding"] == []
     names = set(m.named_generation_parameters())
@@ -115,7 +134,7 @@ def test_generation_scope_full_is_everything():
 def test_probes_and_first_order_prediction():
     """probe_fn plugs into the kernel module; lr <grad log pi(o), grad log pi(u)> predicts one SGD step."""
     kernels = pytest.importorskip("dynamics.kernels")
-    m = ToyModel(ToyConfig.preset("tiny", sharing="janus"), seed=0).double()
+    m = ToyModel(ToyConfig.preset("tiny", coupling="trunk"), seed=0).double()
     x = m.sample(torch.tensor([3, 3]), 1, seed=0)
     o, u = x[0, 0, 0], x[0, 1, 0]
     assert torch.allclose(m.probe_logprob(3, o), m.image_logprob(torch.tensor([3]), o.view(1, 1, 1, -1)).reshape(()))
@@ -159,8 +178,8 @@ def test_bad_inputs():
         m.image_logprob(torch.tensor([0]), torch.zeros(1, 1, 1, 9, dtype=torch.long))
     with pytest.raises(ValueError, match="prompt rows"):
         m.judge(torch.tensor([0, 1]), torch.zeros(1, 1, 1, 16, dtype=torch.long))
-    with pytest.raises(ValueError, match="sharing"):
-        ToyConfig(sharing="moe")
+    with pytest.raises(ValueError, match="coupling must be one of decoupled, trunk, tied .* got 'moe'"):
+        ToyConfig(coupling="moe")
     with pytest.raises(ValueError, match="unknown preset"):
         ToyConfig.preset("huge")
     with pytest.raises(ValueError, match="unknown fields"):
@@ -224,7 +243,7 @@ def test_pretrain_deterministic_and_learns():
 
 
 def test_checkpoint_cache_round_trip(tmp_path):
-    cfg = ToyConfig.preset("tiny", sharing="janus")
+    cfg = ToyConfig.preset("tiny", coupling="decoupled")
     m = pretrain(cfg, steps=3, seed=1, cache_dir=tmp_path, progress=False)
     stem = tmp_path / f"toy-{cache_key(cfg, 3, 1)}"
     assert stem.with_suffix(".safetensors").exists() and stem.with_suffix(".json").exists()
@@ -235,7 +254,7 @@ def test_checkpoint_cache_round_trip(tmp_path):
     ids = torch.tensor([0, 7])
     x = m.sample(ids, 2, seed=0)
     assert torch.equal(x, again.sample(ids, 2, seed=0))
-    assert cache_key(cfg, 3, 2) != cache_key(cfg, 3, 1) != cache_key(dataclasses.replace(cfg, sharing="full"), 3, 1)
+    assert cache_key(cfg, 3, 2) != cache_key(cfg, 3, 1) != cache_key(dataclasses.replace(cfg, coupling="tied"), 3, 1)
     # A partial checkpoint (no JSON) is not a cache hit; a missing file is a clear error.
     save_checkpoint(m, tmp_path / "other")
     (tmp_path / "other.json").unlink()

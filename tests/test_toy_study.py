@@ -56,7 +56,7 @@ def test_toy_figure_command_line_refuses_bad_input(tmp_path, capsys):
         main("toy_judges", ["--quick", "--seeds", "0", "--out", str(tmp_path)])
     assert exc.value.code == 2 and "--seeds must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main("toy_judges", ["--quick", "--understanding", "telepathy", "--out", str(tmp_path)])
+        main("toy_judges", ["--quick", "--coupling", "telepathy", "--out", str(tmp_path)])
     assert "invalid choice: 'telepathy'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown figure 'nope'"):
         main("nope", [])
@@ -66,14 +66,14 @@ def test_every_toy_figure_pairs_an_experiment_with_its_draw_function():
     from dynamics.runs.figures import FIGURES
 
     toy = {name: fig for name, fig in FIGURES.items() if fig.scale == "toy"}
-    assert sorted(toy) == ["toy_first_order", "toy_judges", "toy_recipes", "toy_sharing"]
+    assert sorted(toy) == ["toy_first_order", "toy_judges", "toy_phase_diagram", "toy_recipes"]
     for name, fig in toy.items():
         assert fig.experiment.__module__ == "dynamics.toy.experiments", name
         assert fig.draw.__module__ == "dynamics.figures.toy", name
 
 
-def test_unknown_understanding_is_named():
+def test_unknown_coupling_is_named():
     from dynamics.toy.study import ToySize, pretrained_model
 
-    with pytest.raises(ValueError, match="understanding must be 'head' or 'bayes', got 'oracle'"):
-        pretrained_model(ToySize.tiny(), 0, understanding="oracle")
+    with pytest.raises(ValueError, match="coupling must be one of decoupled, trunk, tied, bayes; got 'oracle'"):
+        pretrained_model(ToySize.tiny(), 0, coupling="oracle")

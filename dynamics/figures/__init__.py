@@ -5,11 +5,12 @@ here runs a model or computes a statistic: the experiments are :mod:`dynamics.si
 :mod:`dynamics.runs.figures`.
 
 - :mod:`dynamics.figures.sim`: the simulator and theory figures (training curves, co-improvement
-  against co-degradation, the corrupt-judge scan, parameter sharing, curriculum replay, the
+  against co-degradation, the corrupt-judge scan, the phase diagram, curriculum replay, the
   false-positive-correction mechanism, predicted against measured one-step changes, the
   ``O(eta^2)`` slope), and the panels they are made of (``plot_curves``, ...);
 - :mod:`dynamics.figures.toy`: the toy-world figures (findings per category against controls, the
-  first-order one-step check, Janus-like / full sharing / the Bayes link, stronger recipes);
+  first-order one-step check, the phase diagram, stronger recipes);
+- :mod:`dynamics.figures.phase`: the phase-diagram panel both scales share;
 - :mod:`dynamics.figures.common`: pyplot (the backend is not forced), writing a figure and its numbers.
 
 Panel titles come from :data:`dynamics.report.LABELS`.

@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from dynamics.figures.common import error_bar, finish, pyplot, save_figure, write_summary
+from dynamics.figures.phase import plot_phase_diagram
 from dynamics.report import LABELS, aggregate
 
 __all__ = [
@@ -30,8 +31,8 @@ __all__ = [
     "draw_curriculum",
     "draw_eta_slope",
     "draw_fp_correction",
+    "draw_phase_diagram",
     "draw_predicted_vs_measured",
-    "draw_sharing",
     "draw_training_curves",
     "plot_corrupt_scan",
     "plot_curves",
@@ -302,10 +303,16 @@ def draw_corrupt_scan(result: dict, out_dir: str | Path) -> list[Path]:
     return finish(fig, out_dir, result)
 
 
-def draw_sharing(result: dict, out_dir: str | Path) -> list[Path]:
-    """Aligned against decoupled sharing."""
-    plot = result["plot"]
-    fig = plot_curves(plot["curves"], plot["keys"], title="parameter sharing: aligned vs decoupled (self judge, SFT)")
+def draw_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
+    """Coupling x judge quality, each arm placed by its phase."""
+    s, plot = result["summary"], result["plot"]
+    n = next(iter(next(iter(s["rows"].values())).values()))["gen"][2]
+    caption = (f"Changes beyond the unfiltered control (points; mean ± s.e. over {n} units: "
+               f"{len(s['worlds'])} worlds x seeds); phase from one-sided paired t tests at alpha = {s['alpha']}, "
+               f"'no transfer' by TOST within ±{100 * s['fp_margin']:g} points of FP. FP: the understanding's "
+               f"false-positive rate on the pre-trained model's samples.")
+    fig = plot_phase_diagram(s["rows"], plot["couplings"], plot["judges"], win_key="exact_win_rate", caption=caption,
+                             title=f"{plot['scale']}: coupling x judge quality (SFT, self-judged CLO)")
     return finish(fig, out_dir, result)
 
 

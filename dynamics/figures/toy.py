@@ -6,7 +6,7 @@ Each ``draw_<figure>(result, out_dir)`` writes ``<name>.png``, ``.pdf`` and ``.j
 
 - :func:`draw_toy_judges`      per category, a bar per judge: the change over CLO;
 - :func:`draw_toy_first_order` measured against predicted one-step changes, and the residual in lr;
-- :func:`draw_toy_sharing`     the gain beyond the control per coupling of the branches;
+- :func:`draw_toy_phase_diagram` coupling x judge quality, each arm placed by its phase;
 - :func:`draw_toy_recipes`     the self judge against the control per recipe.
 
 Example (a result as :func:`dynamics.toy.experiments.toy_recipes` returns it)::
@@ -29,13 +29,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from dynamics.figures.common import error_bar, finish, pyplot
+from dynamics.figures.phase import plot_phase_diagram
 from dynamics.report import LABELS
 
 __all__ = [
     "draw_toy_first_order",
     "draw_toy_judges",
+    "draw_toy_phase_diagram",
     "draw_toy_recipes",
-    "draw_toy_sharing",
     "plot_category_bars",
 ]
 
@@ -105,7 +106,7 @@ def draw_toy_judges(result: dict, out_dir: str | Path) -> list[Path]:
     """Findings 1 and 2 per category: the change over CLO of each judge's arm."""
     s, plot = result["summary"], result["plot"]
     fig = plot_category_bars(s["rows"], plot["judges"], plot["categories"], plot["metrics"],
-                             title=f"toy world, {s['understanding']} understanding: change over CLO "
+                             title=f"toy world, {s['coupling']} coupling: change over CLO "
                                    f"({_seeds(s)} seeds, mean ± s.e.)")
     return finish(fig, out_dir, result)
 
@@ -143,25 +144,14 @@ def draw_toy_first_order(result: dict, out_dir: str | Path) -> list[Path]:
     return finish(fig, out_dir, result)
 
 
-def draw_toy_sharing(result: dict, out_dir: str | Path) -> list[Path]:
-    """Finding 4: the gain beyond the control (paired by seed) per coupling of the branches."""
-    s, labels = result["summary"], result["plot"]["labels"]
-    results = s["couplings"]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.0))
-    for ax, k, title in zip(axes, ("gen_acc", "und_fp_rate", "win_rate"),
-                            ("Gen accuracy: self - control", "Und FP rate: self - control",
-                             "Und win rate: self - control")):
-        ys = [100 * _nan(results[lab][k]["vs_control"][0]) for lab in labels]
-        es = [100 * error_bar(results[lab][k]["vs_control"][1]) for lab in labels]
-        ax.bar(range(len(labels)), ys, yerr=es, capsize=3, color=["#999999", "#4477aa", "#cc6677"][: len(labels)])
-        ax.axhline(0, color="k", lw=0.6)
-        ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels, fontsize=8)
-        ax.set_ylabel("points (paired by seed)", fontsize=8)
-        ax.set_title(title, fontsize=9)
-    fig.suptitle(f"coupling of understanding to generation ({_seeds(s)} seeds, mean ± s.e.)", fontsize=10)
-    fig.tight_layout()
+def draw_toy_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
+    """Coupling x judge quality at the toy scale, each arm placed by its phase."""
+    s, plot = result["summary"], result["plot"]
+    caption = (f"Changes beyond the unfiltered control (points; mean ± s.e. over {len(s['units'])} units "
+               f"(world, seed)); phase from one-sided paired t tests at alpha = {s['alpha']}, 'no transfer' by "
+               f"TOST within ±{100 * s['fp_margin']:g} points of FP.")
+    fig = plot_phase_diagram(s["rows"], plot["couplings"], plot["judges"], win_key="win_rate", caption=caption,
+                             title=f"{plot['scale']}: coupling x judge quality (SFT, self-judged CLO)")
     return finish(fig, out_dir, result)
 
 

@@ -8,9 +8,9 @@ does not load the toy (transformers).
 Example::
 
     >>> sorted(n for n, f in FIGURES.items() if f.scale == "toy")
-    ['toy_first_order', 'toy_judges', 'toy_recipes', 'toy_sharing']
-    >>> FIGURES["sharing"].draw.__name__
-    'draw_sharing'
+    ['toy_first_order', 'toy_judges', 'toy_phase_diagram', 'toy_recipes']
+    >>> FIGURES["phase_diagram"].draw.__name__
+    'draw_phase_diagram'
 """
 
 from __future__ import annotations
@@ -47,9 +47,9 @@ class Figure:
 FIGURES: dict[str, Figure] = {
     name: Figure(scale, name)
     for scale, names in (
-        ("sim", ("training_curves", "co_improvement_vs_degradation", "corrupt_scan", "sharing", "curriculum",
+        ("sim", ("training_curves", "co_improvement_vs_degradation", "corrupt_scan", "phase_diagram", "curriculum",
                  "fp_correction", "predicted_vs_measured", "eta_slope")),
-        ("toy", ("toy_judges", "toy_first_order", "toy_sharing", "toy_recipes")),
+        ("toy", ("toy_judges", "toy_first_order", "toy_phase_diagram", "toy_recipes")),
     )
     for name in names
 }
@@ -61,6 +61,8 @@ QUICK_KW: dict[str, dict] = {
     "eta_slope": {"lrs": (0.005, 0.01, 0.02)},
     "curriculum": {"replay_epochs": (1, 3)},
     "fp_correction": {"pairs": 4},
+    "phase_diagram": {"judges": ("self", "corrupt:0.6"), "worlds": (0,)},
+    "toy_phase_diagram": {"judges": ("self",)},
     "toy_first_order": {"lrs": (1e-3, 1e-2), "n_probes": 4},
 }
 
@@ -71,7 +73,8 @@ def run_figure(name: str, size, out_dir: str | Path, **kw) -> dict:
 
     >>> import tempfile
     >>> from dynamics.sim.study import SimSize
-    >>> out = run_figure("sharing", SimSize.tiny(), tempfile.mkdtemp(), sharings=("decoupled",))
+    >>> out = run_figure("phase_diagram", SimSize.tiny(epochs=1), tempfile.mkdtemp(), couplings=("decoupled",),
+    ...                  judges=("self",))
     >>> [p.suffix for p in out["paths"]]
     ['.png', '.pdf', '.json']
     """
@@ -90,7 +93,7 @@ def figure_parser(name: str, default_out: str | Path, *, quick_help: str) -> arg
     """The start of figure ``name``'s command line: its experiment's first docstring paragraph as
     description, ``--out`` and ``--quick`` (every figure script has them).
 
-    >>> figure_parser("sharing", "out", quick_help="small").parse_args(["--quick"]).quick
+    >>> figure_parser("phase_diagram", "out", quick_help="small").parse_args(["--quick"]).quick
     True
     """
     fn = _figure(name).experiment
@@ -133,8 +136,10 @@ def _toy_size(name: str, default_out, argv):
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DYNAMICS_CACHE", "cache/toy")),
                    help="pre-trained checkpoint cache (env DYNAMICS_CACHE)")
     if name == "toy_judges":
-        p.add_argument("--understanding", default="head", choices=["head", "bayes"],
-                       help="understanding read by the trained yes/no head, or through the Bayes link")
+        from dynamics.protocol import COUPLINGS
+
+        p.add_argument("--coupling", default="tied", choices=list(COUPLINGS),
+                       help="how understanding reads the generation branch (see experiments/full_clo.py --help)")
     args = p.parse_args(argv)
     n = args.seeds if args.seeds is not None else (2 if args.quick else 3)
     if n < 1:
@@ -144,13 +149,13 @@ def _toy_size(name: str, default_out, argv):
     base = QUICK if args.quick else ToySize()
     size = dataclasses.replace(base, seeds=tuple(range(args.seed, args.seed + n)),
                                cache_dir=None if args.quick else str(args.cache_dir))
-    return args, size, ({"understanding": args.understanding} if name == "toy_judges" else {})
+    return args, size, ({"coupling": args.coupling} if name == "toy_judges" else {})
 
 
 def main(name: str, argv: Sequence[str] | None = None, *, default_out: str | Path = "paper_figures/out") -> dict:
     """The command line of one figure script: ``--out``, ``--quick``, and the size: ``--seeds``,
     ``--seed``, and for the simulator ``--epochs`` and ``--prompts``, for the toy ``--cache-dir`` (and
-    ``--understanding`` for ``toy_judges``).
+    ``--coupling`` for ``toy_judges``).
 
     Runs :data:`FIGURES` ``[name]``, writes ``<out>/fig_<name>.png``, ``.pdf`` and ``.json`` (the
     numbers behind it) with matplotlib's non-interactive backend, and prints the paths. Returns the
@@ -158,7 +163,7 @@ def main(name: str, argv: Sequence[str] | None = None, *, default_out: str | Pat
 
     >>> import contextlib, io, tempfile
     >>> with contextlib.redirect_stdout(io.StringIO()):
-    ...     out = main("sharing", ["--quick", "--prompts", "12", "--epochs", "1",
+    ...     out = main("eta_slope", ["--quick", "--prompts", "12", "--epochs", "1",
     ...                            "--out", tempfile.mkdtemp()])
     >>> out["summary"]["size"]["prompts"]
     12

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig
+from dynamics.protocol import COUPLINGS
 from dynamics.runs.common import clean_errors, default_out
 from dynamics.toy.recipe import TOY_CLO
 
@@ -90,16 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_alarm_flag(e)
     t = p.add_argument_group("toy world")
     t.add_argument("--toy-preset", default="default", choices=["default", "tiny"], help="toy model preset")
-    t.add_argument("--sharing", default="full", choices=["full", "janus"],
-                   help="full: one embedding table and trunk; janus: separate generation image embeddings/head")
+    t.add_argument("--coupling", default="tied", choices=list(COUPLINGS),
+                   help="how understanding reads the generation branch: tied (one embedding table and trunk, "
+                        "Chameleon/Emu3-like), trunk (shared trunk, separate image embeddings for reading and "
+                        "writing, Janus-like), decoupled (understanding on its own copy of the trunk too), bayes "
+                        "(the tied generator read through the Bayes link: posterior of the prompt against its hard "
+                        "negatives; dynamics.toy.bayes)")
     t.add_argument("--pretrain-steps", type=int, default=None, help="pre-training steps (default: the preset's)")
     t.add_argument("--gen-noise", type=float, default=None,
                    help="gap size: share of generation pre-training targets replaced by hard negatives")
     t.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DYNAMICS_CACHE", "cache/toy")),
                    help="pre-trained checkpoint cache (env DYNAMICS_CACHE)")
-    t.add_argument("--understanding", default="head", choices=["head", "bayes"],
-                   help="head: the trained yes/no answer; bayes: understanding read from the generator through the "
-                        "Bayes link (posterior of the prompt against its hard negatives; dynamics.toy.bayes)")
     t.add_argument("--no-gap-check", action="store_true",
                    help="run CLO even when the pre-trained model lacks the internal gap (smoke runs of tiny models)")
     t.add_argument("--train-on", default="all", choices=["all", "train", "heldout"],

@@ -18,6 +18,7 @@ import torch
 from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import clean_errors, default_out, finish
+from dynamics.sim.model import COUPLINGS
 
 __all__ = ["build", "build_parser", "main"]
 
@@ -32,10 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--tokens", type=int, default=64, help="V, image tokens in the world")
     g.add_argument("--seeds", type=int, default=1, help="N seeds run vectorised in one process (seed, seed+1, ...)")
     g.add_argument("--world-seed", type=int, default=0, help="seed of the world (shared by every model seed)")
-    g.add_argument("--sharing", default="shared", help="shared | decoupled | partial:<s> (share s in [0, 1])")
-    g.add_argument("--understanding", default="bayes", choices=["bayes", "head"],
-                   help="bayes: the posterior of the generation branch (the paper's assumption); head: a yes/no "
-                        "head through the shared trunk")
+    g.add_argument("--coupling", default="bayes", choices=list(COUPLINGS),
+                   help="how understanding reads the generation branch: decoupled (a yes/no head on private "
+                        "copies of everything), trunk (shared trunk, own image embeddings), tied (shared trunk "
+                        "reading generation's image-token embeddings), bayes (the generator's posterior: the "
+                        "paper's assumption)")
     g.add_argument("--gap", type=float, default=0.3, help="pre-training gap size: share of noisy generation examples")
     g.add_argument("--pretrain-steps", type=int, default=300, help="pre-training steps (never wall time)")
     g.add_argument("--track-every", type=int, default=5, help="theory tracking every k-th training step (0 = off)")
@@ -55,8 +57,8 @@ def build(args: argparse.Namespace):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     world = SimWorld(args.prompts, args.tokens, seed=args.world_seed)
-    model = SimModel(world, replicas=args.seeds, seed=args.seed, sharing=args.sharing,
-                     understanding=args.understanding, dtype=torch.float64 if args.float64 else torch.float32)
+    model = SimModel(world, replicas=args.seeds, seed=args.seed, coupling=args.coupling,
+                     dtype=torch.float64 if args.float64 else torch.float32)
     pre = pretrain(world, model, steps=args.pretrain_steps, gap=args.gap, seed=args.seed)
     return world, model, pre
 
@@ -84,11 +86,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
 def _run(args, cfg, out, alarm=None) -> list[dict]:
     world, model, pre = build(args)
     info = {"scale": "sim", "prompts": args.prompts, "tokens": args.tokens, "seeds": args.seeds,
-            "world_seed": args.world_seed, "sharing": args.sharing, "understanding": args.understanding,
+            "world_seed": args.world_seed, "coupling": args.coupling,
             "gap": args.gap, "pretrain_steps": args.pretrain_steps, "track_every": args.track_every,
             "probes": args.probes, "float64": args.float64, "pretrain_metrics": pre}
     result = run_clo(model, cfg, external=world.oracle, out_dir=str(out), resume=args.resume,
                      hooks=hooks_for(args, world, model, cfg), run_info=info, on_epoch=alarm)
-    finish(result.metrics, out, title=f"simulator: judge={cfg.judge} loss={cfg.loss} sharing={args.sharing} "
-                                      f"understanding={args.understanding}")
+    finish(result.metrics, out, title=f"simulator: judge={cfg.judge} loss={cfg.loss} coupling={args.coupling}")
     return result.metrics

@@ -28,8 +28,8 @@ def toy_model(args, seed: int, threshold: float = 0.5):
     size = ToySize(preset=args.toy_preset, pretrain_steps=args.pretrain_steps, cache_dir=args.cache_dir,
                    overrides={} if args.gen_noise is None else {"gen_noise": args.gen_noise})
     try:
-        model = pretrained_model(size, seed, sharing=args.sharing, understanding=args.understanding,
-                                 check=not args.no_gap_check, progress=not args.no_progress, threshold=threshold)
+        model = pretrained_model(size, seed, coupling=args.coupling, check=not args.no_gap_check,
+                                 progress=not args.no_progress, threshold=threshold)
     except GapError as e:
         raise SystemExit(f"error: {e}") from None
     return model, model.gap if not args.no_gap_check else gap_report(model, seed=seed, threshold=threshold)
@@ -53,8 +53,8 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
         ids = {"all": None, "train": train_ids, "heldout": heldout_ids}[args.train_on]
         show = _show_ids(model.prompts)
         before = model.sample(show, 6, seed=s)
-        info = {"scale": "toy", "toy_config": model.config.to_dict(), "sharing": args.sharing,
-                "understanding": args.understanding, "bayes_offset": getattr(model, "offset", None),
+        info = {"scale": "toy", "toy_config": model.config.to_dict(), "coupling": args.coupling,
+                "bayes_offset": getattr(model, "offset", None),
                 "pretrain": {k: v for k, v in model.pretrain_info.items() if k != "loss_curve"},
                 "gap_report": gap, "train_on": args.train_on}
         result = run_clo(model, dataclasses.replace(cfg, seed=s), external=world.external_judge(), train_ids=ids,
@@ -67,7 +67,7 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
                    marks=judge(show, imgs)[0])
         all_records.extend(result.metrics)
     elapsed = time.perf_counter() - t0
-    title = (f"toy world: judge={cfg.judge} loss={cfg.loss} sharing={args.sharing} understanding={args.understanding} "
+    title = (f"toy world: judge={cfg.judge} loss={cfg.loss} coupling={args.coupling} "
              f"curriculum={cfg.curriculum} "
              f"({args.seeds} seed{'s' if args.seeds > 1 else ''}, {elapsed:.0f} s)")
     finish(all_records, out, title=title)

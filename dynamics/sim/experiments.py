@@ -10,7 +10,8 @@ besides (per-epoch curves as ``[epoch, mean, s.e., n]`` rows, the panels' keys, 
 - :func:`training_curves`: SFT, DPO and curriculum SFT with the self judge against the control;
 - :func:`co_improvement_vs_degradation`: the self judge against ``corrupt:p``, with the controls;
 - :func:`corrupt_scan`: the whole ``corrupt:p`` curve;
-- :func:`sharing`: aligned against decoupled sharing;
+- :func:`phase_diagram`: coupling x judge quality -> co-improvement, drift, no transfer or
+  co-degradation;
 - :func:`curriculum`: curriculum replay early against late, and the adaptive trigger;
 - :func:`fp_correction`: the false-positive-correction mechanism (paper Fig. 7);
 - :func:`predicted_vs_measured`: measured against first-order predicted one-step changes;
@@ -18,9 +19,9 @@ besides (per-epoch curves as ``[epoch, mean, s.e., n]`` rows, the panels' keys, 
 
 Example::
 
-    >>> result = sharing(SimSize.tiny(), sharings=("decoupled",))
-    >>> result["name"], sorted(result["summary"]["arms"]), result["plot"]["keys"][0]
-    ('fig_sharing', ['decoupled'], 'exact_gen_acc')
+    >>> result = phase_diagram(SimSize.tiny(epochs=1), couplings=("decoupled",), judges=("self",))
+    >>> result["name"], result["summary"]["rows"]["decoupled"]["self"]["fp"]  # cannot move: exactly 0
+    ('fig_phase_diagram', (0.0, 0.0, 4))
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from dynamics.protocol import COUPLINGS
 from dynamics.report import aggregate
 from dynamics.sim import study as sim
 from dynamics.sim.study import SimSize, arm_summary, pretrained, run_arm
-from dynamics.study import change, final_values, mean_se, paired_difference, vs_control
+from dynamics.study import change, final_values, mean_se, paired_difference, phase_table, vs_control
+from dynamics.study.phase import PHASE_FP_MARGIN
 
 __all__ = [
     "CURVE_KEYS",
@@ -46,8 +49,8 @@ __all__ = [
     "curves",
     "eta_slope",
     "fp_correction",
+    "phase_diagram",
     "predicted_vs_measured",
-    "sharing",
     "training_curves",
 ]
 
@@ -156,19 +159,28 @@ def corrupt_scan(size: SimSize, ps: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 
     return {"name": "fig_corrupt_scan", "summary": summary, "plot": {"keys": list(keys), "controls": controls}}
 
 
-def sharing(size: SimSize, sharings: Sequence[str] = ("shared", "partial:0.5", "decoupled")) -> dict:
-    """Aligned (shared) against decoupled sharing: the understanding moves only through shared
-    parameters.
+def phase_diagram(size: SimSize, *, couplings: Sequence[str] = COUPLINGS,
+                  judges: Sequence[str] = ("self", "oracle", "corrupt:0.6"), worlds: Sequence[int] = (0, 1),
+                  alpha: float = 0.01) -> dict:
+    """Coupling x judge quality: for each coupling of the understanding to the generation branch
+    (:data:`dynamics.protocol.COUPLINGS`) and each judge, the change of Gen accuracy, of the
+    understanding's false-positive rate on the pre-trained samples, of Non and the win rate, beyond
+    the unfiltered control run from the same pre-trained models (``size.seeds`` replicas in each of
+    ``worlds``), and the arm's phase (:func:`dynamics.study.phase_of`: co-improvement, drift, no
+    transfer, co-degradation or undetermined, one-sided tests at ``alpha``).
 
     (Example in the module docstring.)
     """
-    arms = sim.sharing_arms(size, sharings)
-    keys = ("exact_gen_acc", "exact_pre_fp_rate", "exact_win_rate", "non_unification")
-    summary = {
-        "size": _size(size),
-        "arms": {k: arm_summary(a, FINDING_KEYS) for k, a in arms.items()},
-    }
-    return {"name": "fig_sharing", "summary": summary, "plot": {"keys": list(keys), "curves": curves(arms, keys)}}
+    arms = {c: sim.world_arms(size, ("all", *judges), worlds=worlds, coupling=c) for c in couplings}
+    table = phase_table(arms, control="all", gen_key="exact_gen_acc", fp_key="exact_pre_fp_rate",
+                        fp_margin=PHASE_FP_MARGIN, alpha=alpha, other_keys=("non_unification", "exact_win_rate"),
+                        final_keys={"exact_win_rate": 0.5})
+    rows = {c: {j: ph.to_dict() for j, ph in by_judge.items()} for c, by_judge in table.items()}
+    summary = {"size": _size(size), "worlds": list(worlds), "alpha": alpha, "fp_margin": PHASE_FP_MARGIN,
+               "control": "all", "rows": rows}
+    return {"name": "fig_phase_diagram", "summary": summary,
+            "plot": {"couplings": list(couplings), "judges": list(judges), "scale": "simulator",
+                     "keys": {"gen": "exact_gen_acc", "fp": "exact_pre_fp_rate"}}}
 
 
 def curriculum(size: SimSize, *, candidates: int = 1, replay_epochs: Sequence[int] | None = None) -> dict:
@@ -288,7 +300,7 @@ def predicted_vs_measured(size: SimSize, *, lr: float | None = None, track_every
 
 def eta_slope(size: SimSize, lrs: Sequence[float] = (0.0025, 0.005, 0.01, 0.02, 0.04, 0.08)) -> dict:
     """The first-order residual against the step size (slope 2 on log-log axes: ``O(eta^2)``), for
-    SFT and DPO with ``bayes`` understanding and SFT with the ``head`` understanding (float64).
+    SFT and DPO with the ``bayes`` coupling and SFT with the ``tied`` coupling's yes/no head (float64).
 
     >>> result = eta_slope(SimSize.tiny(), lrs=(0.01, 0.02))
     >>> round(result["summary"]["rows"]["SFT, bayes"][-1]["slope_g"])
@@ -298,6 +310,6 @@ def eta_slope(size: SimSize, lrs: Sequence[float] = (0.0025, 0.005, 0.01, 0.02, 
     rows = {
         "SFT, bayes": sim.eta_scaling(size, lrs),
         "DPO, bayes": sim.eta_scaling(size, lrs, loss="dpo"),
-        "SFT, head": sim.eta_scaling(size, lrs, understanding="head"),
+        "SFT, tied": sim.eta_scaling(size, lrs, coupling="tied"),
     }
     return {"name": "fig_eta_slope", "summary": {"size": _size(size), "rows": rows}, "plot": {}}

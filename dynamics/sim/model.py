@@ -10,9 +10,19 @@ trunk ``h(y) = tanh((e_y + r_gen) W_1 + b_1) W_2`` and scored against the image-
 ``e_x = phi_x W_x + m E_x[x]``: ``z_x(y) = <h(y), e_x> / sqrt(D) + b_x``. The image-token
 embeddings serve as the generation's output embeddings and as the understanding's image input.
 
-Understanding, two modes:
+Coupling: how the understanding branch reads the generation branch's parameters, one knob from no
+transfer to the theory's idealisation, each the architecture of a family of unified models:
 
-- ``bayes`` (the paper's assumption): the posterior of a generation branch over the prompt set,
+- ``decoupled``: a yes/no head on the understanding's private copy of the trunk and every embedding
+  (BAGEL-like experts): no parameter shared on the understanding path, so a generation-only update
+  cannot move it;
+- ``trunk``: a yes/no head on the shared trunk and prompt embeddings, but images read through the
+  understanding's own image-token embeddings (Janus-like: separate encoders for reading and writing
+  images);
+- ``tied``: a yes/no head on the shared trunk that reads images through the very image-token embeddings
+  generation scores against (its output embeddings): one image vocabulary for reading and writing
+  (Show-o / Emu3 / Chameleon-like);
+- ``bayes`` (the paper's assumption): the posterior of the generation branch over the prompt set,
   ``log pi(y | x) = log pi(x | y) - logsumexp_{y'} log pi(x | y')`` (uniform prompt prior), and
   ``P(yes | x, y) = sigmoid(a * (log pi(y | x) + log P - c))``: a fixed monotone calibration
   (``a = bayes_scale``, ``c = bayes_offset``) of the pointwise mutual information
@@ -21,29 +31,19 @@ Understanding, two modes:
   (token bias included). A prompt-independent preference of the generator (for "generic" images)
   raises ``pi(x | y)`` for every prompt alike, so it hardly moves the posterior: the understanding
   rejects such samples while generation keeps producing them.
-- ``head``: a yes/no head reading the image and the prompt through the same trunk,
-  ``P(yes | x, y) = sigmoid(<tanh((e_y + e_x + r_und) W_1 + b_1) W_2, w_u> + b_u)``.
 
-Sharing. The understanding branch reads the *effective* parameters
-``theta_und = s * theta_shared + (1 - s) * theta_private`` for every trunk and embedding tensor
-(and, for ``bayes``, the token bias of its generation-like scorer):
-
-- ``shared`` (``s = 1``): trunk and embeddings are the generation branch's own (aligned regime);
-- ``decoupled`` (``s = 0``): understanding has its private copy of everything (for ``bayes``, a
-  separate generation-like scorer whose posterior is the understanding), so a generation-only
-  update cannot move it (the near-orthogonal regime);
-- ``partial:<s>``: a mix; a generation-only step ``d theta`` moves the understanding's parameters by
-  ``s * d theta``.
-
-The private copy starts equal to the shared parameters (both branches start from one network) and
-drifts apart only where the two are trained differently.
+The yes/no head (``decoupled``, ``trunk``, ``tied``) is
+``P(yes | x, y) = sigmoid(<tanh((e_y + e_x + r_und) W_1 + b_1) W_2, w_u> + b_u)`` with ``e_y``, ``e_x``,
+``W_1``, ``b_1``, ``W_2`` read from the shared or the private tensors as the coupling says
+(:data:`PRIVATE_KEYS`). A private copy starts equal to the shared tensor (both branches start from one
+network) and drifts apart only where the two are trained differently.
 
 Example::
 
     >>> import torch
     >>> from dynamics.sim import SimWorld, SimModel
     >>> w = SimWorld(prompts=16, tokens=16, seed=0)
-    >>> m = SimModel(w, replicas=2, seed=0)
+    >>> m = SimModel(w, replicas=2, seed=0, coupling="tied")
     >>> ids = torch.tensor([0, 3])
     >>> x = m.sample(ids, 5, seed=1)
     >>> x.shape, m.judge(ids, x).shape, m.image_logprob(ids, x).shape
@@ -60,36 +60,19 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from dynamics.protocol import check_images
+from dynamics.protocol import COUPLINGS, check_coupling, check_images
 
-__all__ = ["SHARED_KEYS", "UNDERSTANDING_MODES", "SimModel", "parse_sharing"]
+__all__ = ["COUPLINGS", "PRIVATE_KEYS", "SHARED_KEYS", "SimModel", "check_coupling"]
 
-UNDERSTANDING_MODES = ("bayes", "head")
-# the trunk and embedding tensors: shared by both branches in the aligned regime
+# the trunk and embedding tensors of the generation branch
 SHARED_KEYS = ("prompt_proj", "prompt_emb", "image_proj", "image_emb", "gen_role", "w1", "b1", "w2")
-
-
-def parse_sharing(spec: str) -> float:
-    """The share ``s`` of a sharing spec: ``shared`` -> 1, ``decoupled`` -> 0, ``partial:<s>`` -> s.
-
-    >>> parse_sharing("shared"), parse_sharing("decoupled"), parse_sharing("partial:0.25")
-    (1.0, 0.0, 0.25)
-    """
-    if not isinstance(spec, str):
-        raise TypeError(f"sharing must be a string, got {spec!r}")
-    if spec == "shared":
-        return 1.0
-    if spec == "decoupled":
-        return 0.0
-    if spec.startswith("partial:"):
-        try:
-            s = float(spec.split(":", 1)[1])
-        except ValueError:
-            raise ValueError(f"sharing {spec!r}: the share after 'partial:' must be a number") from None
-        if not 0.0 <= s <= 1.0:
-            raise ValueError(f"sharing {spec!r}: the share must lie in [0, 1], got {s}")
-        return s
-    raise ValueError(f"sharing must be 'shared', 'decoupled' or 'partial:<s>', got {spec!r}")
+# per coupling, the trunk and embedding tensors the understanding reads from its private copy
+PRIVATE_KEYS = {
+    "decoupled": SHARED_KEYS,
+    "trunk": ("image_proj", "image_emb"),
+    "tied": (),
+    "bayes": (),
+}
 
 
 class SimModel(nn.Module):
@@ -101,10 +84,9 @@ class SimModel(nn.Module):
         world: the world (prompt and token features, the prompt set).
         replicas: ``R``, independent seeds stacked on dim 0 of every parameter.
         seed: replica ``r`` is initialised from ``seed + r``.
-        sharing: ``"shared" | "decoupled" | "partial:<s>"`` (see the module docstring).
-        understanding: ``"bayes" | "head"``.
+        coupling: ``"decoupled" | "trunk" | "tied" | "bayes"`` (see the module docstring).
         dim: ``D``, embedding width; hidden: ``H``, trunk hidden width.
-        bayes_scale, bayes_offset: the calibration ``a``, ``c`` of the ``bayes`` mode.
+        bayes_scale, bayes_offset: the calibration ``a``, ``c`` of the ``bayes`` coupling.
         memory: scale of the free per-prompt and per-token embeddings against the feature
             projections (small: the model generalises through features, so prompts that share
             attributes move together).
@@ -113,9 +95,10 @@ class SimModel(nn.Module):
     Parameter groups (``nn.ParameterDict``, each tensor ``(R, ...)``):
         ``shared``: the trunk and embeddings of the generation branch (``SHARED_KEYS``);
         ``gen_head``: ``bias`` ``(R, V)``;
-        ``und_head``: ``role``, ``w``, ``b`` (``head`` mode; empty for ``bayes``);
-        ``und_private``: the understanding branch's private trunk and embeddings, and for ``bayes``
-        its scorer's token bias (only when ``s < 1``).
+        ``und_head``: ``role``, ``w``, ``b`` (the yes/no head; empty for ``bayes``);
+        ``und_private``: the understanding branch's private tensors (:data:`PRIVATE_KEYS`).
+
+    ``understanding`` is ``"bayes"`` for the ``bayes`` coupling and ``"head"`` for the others.
     """
 
     image_length = 1
@@ -126,8 +109,7 @@ class SimModel(nn.Module):
         *,
         replicas: int = 1,
         seed: int = 0,
-        sharing: str = "shared",
-        understanding: str = "bayes",
+        coupling: str = "bayes",
         dim: int = 32,
         hidden: int = 32,
         bayes_scale: float = 2.0,
@@ -138,17 +120,16 @@ class SimModel(nn.Module):
         super().__init__()
         if replicas < 1:
             raise ValueError(f"SimModel: replicas must be >= 1, got {replicas}")
-        if understanding not in UNDERSTANDING_MODES:
-            raise ValueError(f"SimModel: understanding must be one of {UNDERSTANDING_MODES}, got {understanding!r}")
+        check_coupling(coupling)
         if dim < 1 or hidden < 1:
             raise ValueError(f"SimModel: dim={dim} and hidden={hidden} must be >= 1")
         if not (math.isfinite(bayes_scale) and bayes_scale > 0 and math.isfinite(bayes_offset)):
             raise ValueError(f"SimModel: bayes_scale={bayes_scale} must be > 0 and bayes_offset={bayes_offset} finite")
         self.replicas = int(replicas)
         self.seed = int(seed)
-        self.sharing = sharing
-        self.share = parse_sharing(sharing)
-        self.understanding = understanding
+        self.coupling = coupling
+        self.understanding = understanding = "bayes" if coupling == "bayes" else "head"
+        self._private = PRIVATE_KEYS[coupling]
         self.dim, self.hidden = int(dim), int(hidden)
         self.bayes_scale, self.bayes_offset = float(bayes_scale), float(bayes_offset)
         if not (math.isfinite(memory) and memory >= 0):
@@ -192,21 +173,21 @@ class SimModel(nn.Module):
         self.und_head = nn.ParameterDict(
             {k: nn.Parameter(stack[k].clone()) for k in ("role", "w", "b")} if understanding == "head" else {}
         )
-        # the understanding's copy of what it reads from the generation branch: for bayes, a whole
-        # generation-like scorer (token bias included)
+        # the tensors the understanding reads: for bayes, a whole generation-like scorer (token bias
+        # included); the private ones are its own copies
         self._scorer_keys = SHARED_KEYS + (("bias",) if understanding == "bayes" else ())
-        self.und_private = nn.ParameterDict(
-            {k: nn.Parameter(stack[k].clone()) for k in self._scorer_keys} if self.share < 1.0 else {}
-        )
+        self.und_private = nn.ParameterDict({k: nn.Parameter(stack[k].clone()) for k in self._private})
 
     # ------------------------------------------------------------------ parameter groups
     def generation_parameters(self) -> list[nn.Parameter]:
         """The shared trunk and embeddings and the generation head: what a generation-only update may touch.
 
         >>> from dynamics.sim import SimWorld
-        >>> m = SimModel(SimWorld(8, 8), understanding="head", sharing="decoupled")
+        >>> m = SimModel(SimWorld(8, 8), coupling="decoupled")
         >>> len(m.generation_parameters()), len(m.understanding_parameters())
         (9, 11)
+        >>> len(SimModel(SimWorld(8, 8), coupling="trunk").understanding_parameters())
+        5
         """
         return list(self.shared.values()) + list(self.gen_head.values())
 
@@ -259,14 +240,9 @@ class SimModel(nn.Module):
         return self.prompt_features.to(dtype), self.token_features.to(dtype)
 
     def _und_view(self, p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Trunk and embedding tensors the understanding branch reads: ``s*shared + (1-s)*private``."""
-        s = self.share
+        """Trunk and embedding tensors the understanding branch reads: private where the coupling says."""
         gen = self._gen_view(p)
-        if s >= 1.0:
-            return {k: gen[k] for k in self._scorer_keys}
-        if s <= 0.0:
-            return {k: p[f"und_private.{k}"] for k in self._scorer_keys}
-        return {k: s * gen[k] + (1.0 - s) * p[f"und_private.{k}"] for k in self._scorer_keys}
+        return {k: p[f"und_private.{k}"] if k in self._private else gen[k] for k in self._scorer_keys}
 
     @staticmethod
     def _gen_view(p: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -433,7 +409,7 @@ class SimModel(nn.Module):
         """Own-understanding ``P(yes)`` ``(R, B, K)`` in [0, 1], without gradient.
 
         >>> from dynamics.sim import SimWorld
-        >>> m = SimModel(SimWorld(8, 8), understanding="head")
+        >>> m = SimModel(SimWorld(8, 8), coupling="tied")
         >>> p = m.judge(torch.tensor([0, 1]), torch.zeros(1, 2, 3, 1, dtype=torch.long))
         >>> p.shape, bool(((p >= 0) & (p <= 1)).all())
         (torch.Size([1, 2, 3]), True)
@@ -499,7 +475,7 @@ class SimModel(nn.Module):
         Usable under ``torch.func`` transforms (``vmap``, ``jacrev``), in any float dtype.
 
         >>> from dynamics.sim import SimWorld
-        >>> m = SimModel(SimWorld(8, 8), understanding="head")
+        >>> m = SimModel(SimWorld(8, 8), coupling="tied")
         >>> p = m.functional_params(0, dtype=torch.float64)
         >>> m.functional_logits(p, torch.tensor(2)).shape, m.functional_logits(p, torch.tensor([5, 2]), branch="und").shape
         (torch.Size([8]), torch.Size([2]))
@@ -530,5 +506,5 @@ class SimModel(nn.Module):
         return lambda params, x: self.functional_logits(params, x, branch="und")
 
     def extra_repr(self) -> str:
-        return (f"replicas={self.replicas}, sharing={self.sharing!r}, understanding={self.understanding!r}, "
+        return (f"replicas={self.replicas}, coupling={self.coupling!r}, "
                 f"P={self.num_prompts}, V={self.num_tokens}, D={self.dim}, H={self.hidden}")

@@ -12,8 +12,8 @@ tokens (Zipf weights): the weak generation the paper blames most self-contradict
 is this mixture itself (a soft cross-entropy), so the generic preference is the same for every
 prompt; the ``bayes`` understanding, a posterior over prompts, does not see it and rejects it.
 
-Both objectives train at once (one Adam optimiser, full batch); with ``sharing="shared"`` they meet
-in the trunk and embeddings. ``gap`` sets the size of the gap (0: clean generation targets).
+Both objectives train at once (one Adam optimiser, full batch); they meet in whatever the coupling
+shares (:mod:`dynamics.sim.model`). ``gap`` sets the size of the gap (0: clean generation targets).
 
 Example::
 

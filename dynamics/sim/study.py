@@ -35,7 +35,7 @@ import torch
 
 from dynamics import metrics
 from dynamics.clo import CLOConfig
-from dynamics.sim.model import SimModel
+from dynamics.sim.model import COUPLINGS, SimModel
 from dynamics.sim.pretrain import exact_metrics, pretrain
 from dynamics.sim.tracking import TheoryTracker, fp_correction_analysis
 from dynamics.sim.world import SimWorld
@@ -61,7 +61,6 @@ __all__ = [
     "pretrained",
     "replay_precision",
     "run_arm",
-    "sharing_arms",
     "world_arms",
 ]
 
@@ -88,7 +87,7 @@ class SimSize:
     batch_size: int = 16
     world_seed: int = 0
     seed: int = 0
-    understanding: str = "bayes"
+    coupling: str = "bayes"
     float64: bool = False
 
     @classmethod
@@ -169,19 +168,19 @@ class SimSize:
             raise ValueError(f"SimSize.epochs={self.epochs}: must be >= 1")
         if not 0.0 <= self.gap <= 1.0:
             raise ValueError(f"SimSize.gap={self.gap}: must lie in [0, 1]")
-        if self.understanding not in ("bayes", "head"):
-            raise ValueError(f"SimSize.understanding={self.understanding!r}: expected 'bayes' or 'head'")
+        if self.coupling not in COUPLINGS:
+            raise ValueError(f"SimSize.coupling={self.coupling!r}: expected one of {', '.join(COUPLINGS)}")
 
 
 def pretrained(
     size: SimSize,
     *,
-    sharing: str = "shared",
-    understanding: str | None = None,
+    coupling: str | None = None,
     perturbation: float = 0.0,
     perturb_at: str = "pretrained",
 ) -> tuple[SimWorld, SimModel]:
-    """The world and ``size.seeds`` pre-trained replicas (the gap-leaving recipe of :func:`pretrain`).
+    """The world and ``size.seeds`` pre-trained replicas (the gap-leaving recipe of :func:`pretrain`)
+    with ``coupling`` (default ``size.coupling``).
     ``perturbation > 0``: every weight moved by that relative amount (:func:`dynamics.study.perturb`,
     seeded by ``size.seed``), after pre-training (``perturb_at="pretrained"``) or before it
     (``"init"``): the robustness run of a findings test.
@@ -196,8 +195,7 @@ def pretrained(
         world,
         replicas=size.seeds,
         seed=size.seed,
-        sharing=sharing,
-        understanding=understanding or size.understanding,
+        coupling=coupling or size.coupling,
         dtype=torch.float64 if size.float64 else torch.float32,
     )
     check_perturb_at(perturb_at)
@@ -325,8 +323,7 @@ def judge_arms(
     size: SimSize,
     judges: Sequence[str],
     *,
-    sharing: str = "shared",
-    understanding: str | None = None,
+    coupling: str | None = None,
     track_every: int = 0,
     model: tuple[SimWorld, SimModel] | None = None,
     **cfg_overrides,
@@ -338,7 +335,7 @@ def judge_arms(
     >>> [a.config.loss for a in arms.values()]
     ['dpo', 'dpo']
     """
-    world, m0 = model or pretrained(size, sharing=sharing, understanding=understanding)
+    world, m0 = model or pretrained(size, coupling=coupling)
     return {
         j: run_arm(world, m0, size.config(judge=j, **cfg_overrides), label=j, track_every=track_every)
         for j in judges
@@ -350,8 +347,7 @@ def world_arms(
     judges: Sequence[str],
     *,
     worlds: Sequence[int] = (0,),
-    sharing: str = "shared",
-    understanding: str | None = None,
+    coupling: str | None = None,
     perturbation: float = 0.0,
     perturb_at: str = "pretrained",
     **cfg_overrides,
@@ -367,7 +363,7 @@ def world_arms(
     out: dict[str, list[dict]] = {j: [] for j in judges}
     for w in worlds:
         sz = dataclasses.replace(size, world_seed=int(w))
-        base = pretrained(sz, sharing=sharing, understanding=understanding, perturbation=perturbation,
+        base = pretrained(sz, coupling=coupling, perturbation=perturbation,
                           perturb_at=perturb_at)
         for j in judges:
             out[j] += run_arm(*base, sz.config(judge=j, **cfg_overrides), label=j, tags={"world": int(w)}).records
@@ -391,26 +387,6 @@ def corrupt_scan(
     """
     judges = list(controls) + [f"corrupt:{p:g}" for p in ps]
     return judge_arms(size, judges, model=model, **cfg_overrides)
-
-
-def sharing_arms(
-    size: SimSize,
-    sharings: Sequence[str] = ("shared", "partial:0.5", "decoupled"),
-    judge: str = "self",
-    **cfg_overrides,
-) -> dict[str, Arm]:
-    """One arm per sharing regime; each regime is its own architecture, pre-trained with the same
-    recipe and seeds.
-
-    >>> arms = sharing_arms(SimSize.tiny(epochs=1), ["decoupled"])
-    >>> [r["win_rate_n"] for r in arms["decoupled"].records]      # the understanding cannot move
-    [0, 0, 0, 0]
-    """
-    out = {}
-    for s in sharings:
-        world, m0 = pretrained(size, sharing=s)
-        out[s] = run_arm(world, m0, size.config(judge=judge, **cfg_overrides), label=s)
-    return out
 
 
 def curriculum_arms(
@@ -445,8 +421,7 @@ def eta_scaling(
     *,
     loss: str = "sft",
     judge: str = "self",
-    sharing: str = "shared",
-    understanding: str | None = None,
+    coupling: str | None = None,
     probes: int = 32,
     model: tuple[SimWorld, SimModel] | None = None,
 ) -> list[dict]:
@@ -464,7 +439,7 @@ def eta_scaling(
     """
     if len(lrs) < 2 or any(not lr > 0 for lr in lrs):
         raise ValueError(f"eta_scaling: need at least two positive step sizes, got {list(lrs)}")
-    world, m0 = model or pretrained(size, sharing=sharing, understanding=understanding)
+    world, m0 = model or pretrained(size, coupling=coupling)
     rows = []
     for lr in sorted(lrs):
         cfg = size.config(judge=judge, loss=loss, lr=lr, epochs=1)

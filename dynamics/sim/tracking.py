@@ -10,7 +10,7 @@ the step and records, per replica:
 - ``delta_u``: the measured change of the understanding and ``pred_delta_u``: for ``bayes`` the
   paper's ``U = log pi(y0 | x0)``, predicted by Proposition 1,
   ``sum_{i != 0} w_i [Delta G(x0|Y0) - Delta G(x0|Yi)]`` (each ``Delta G`` read from the
-  understanding branch's view, so partial and decoupled sharing are covered); for ``head``,
+  understanding branch's view); for the yes/no head (``decoupled``, ``trunk``, ``tied``),
   ``U = log P(yes | x0, y0)``, predicted as ``-eta (e_yes - p)^T K(X0, Yu) G(u)``;
 - their residuals, and the dominance ratio ``||K(Y0, Yu)|| / ||K(Yi, Yu)||`` (Frobenius norms over
   the step's training prompts ``u``, ``Yi`` the probe's strongest competing prompt by posterior
@@ -395,7 +395,7 @@ class TheoryTracker:
         """Records for ``theory.jsonl``, one per replica, or ``[]`` on an untracked step.
 
         Fields: ``replica``, ``kind``, ``lr``, ``optimizer``, ``first_order_valid``, ``u``
-        (``"log_posterior"`` or ``"log_p_yes"``), ``sharing``, ``understanding``, ``probe_prompt``,
+        (``"log_posterior"`` or ``"log_p_yes"``), ``coupling``, ``understanding``, ``probe_prompt``,
         ``probe_token``, ``probe_aligned``, ``delta_g``, ``pred_delta_g``, ``resid_g``, ``delta_u``,
         ``pred_delta_u``, ``resid_u`` (lists over probes), ``rel_err_g``/``rel_err_u``
         (``||resid|| / ||measured||``), ``max_abs_resid_g``/``max_abs_resid_u``, ``p_yes_before``,
@@ -418,7 +418,7 @@ class TheoryTracker:
                 "optimizer": self.optimizer,
                 "first_order_valid": self.first_order_valid,
                 "u": "log_posterior" if model.understanding == "bayes" else "log_p_yes",
-                "sharing": model.sharing,
+                "coupling": model.coupling,
                 "understanding": model.understanding,
                 "probe_prompt": self.probes[:, 0].tolist(),
                 "probe_token": self.probes[:, 1].tolist(),

@@ -2,8 +2,8 @@
 against their controls (:mod:`~dynamics.study.arms`, :mod:`~dynamics.study.read`), the statistics of
 those comparisons (:mod:`~dynamics.study.stats`: paired t, one-sided and equivalence tests, Holm),
 pre-registered claims checked again under a rounding-level perturbation
-(:mod:`~dynamics.study.claims`), and the one-step first-order check
-(:mod:`~dynamics.study.first_order`).
+(:mod:`~dynamics.study.claims`), an arm's phase (co-improvement, co-degradation, drift, no transfer:
+:mod:`~dynamics.study.phase`), and the one-step first-order check (:mod:`~dynamics.study.first_order`).
 
 Scale-specific sizes and model factories stay with their scale (:mod:`dynamics.sim.study`,
 :mod:`dynamics.toy.study`); figures (:mod:`dynamics.figures`) only draw what a study returns.
@@ -24,11 +24,14 @@ _HOME = {
     "Estimate": "stats", "Verdict": "stats", "equivalent": "stats", "greater": "stats", "holm": "stats",
     "less": "stats", "mean_se": "stats", "one_sample": "stats", "paired": "stats", "power_one_sided": "stats",
     "required_n": "stats", "slope": "stats",
+    "PHASES": "phase", "Phase": "phase", "phase_of": "phase", "phase_table": "phase",
 }
 
 __all__ = [
+    "PHASES",
     "Arm",
     "Estimate",
+    "Phase",
     "Verdict",
     "beyond",
     "change",
@@ -46,6 +49,8 @@ __all__ = [
     "paired",
     "paired_difference",
     "perturb",
+    "phase_of",
+    "phase_table",
     "power_one_sided",
     "required_n",
     "run_arm",

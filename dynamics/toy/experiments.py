@@ -4,16 +4,16 @@ controls from the same pre-trained model and seeds (the unfiltered control ``all
 
 - :func:`toy_judges`      findings 1 and 2: the self judge against ``all``, ``oracle`` and a corrupt
                           judge, per GenEval category: Gen accuracy, understanding false positives,
-                          Non, win rate (``understanding="bayes"``: the Bayes-linked understanding
+                          Non, win rate (``coupling="bayes"``: the Bayes-linked understanding
                           instead of the trained head);
 - :func:`toy_first_order` finding 3: the measured one-step change of ``log pi`` (generation) and
                           ``log P(yes)`` (understanding) of probe pairs against the first-order
                           prediction, and the residual's order in lr;
 - :func:`toy_recipes`     what it would take: the self judge against the control under stronger or
                           longer generation training (lr, epochs, plain SGD);
-- :func:`toy_sharing`     finding 4: how much understanding moves beyond the control as the coupling
-                          of the branches grows: Janus-like sharing, full sharing (a yes/no head on one
-                          trunk), and the Bayes link (:class:`dynamics.toy.bayes.BayesLinked`).
+- :func:`toy_phase_diagram` coupling x judge quality: how understanding moves beyond the control as
+                          the coupling of the branches grows (decoupled, trunk: Janus-like, tied: one
+                          trunk and image vocabulary, bayes: :class:`dynamics.toy.bayes.BayesLinked`).
 
 Each returns a JSON-able result ``{"name": ..., "summary": ..., "plot": ...}``: ``name`` the figure's
 file stem, ``summary`` the numbers behind the figure (written as ``<name>.json``), ``plot`` what the
@@ -33,7 +33,9 @@ from collections.abc import Sequence
 
 import torch
 
-from dynamics.study import change, paired_difference, vs_control
+from dynamics.protocol import COUPLINGS
+from dynamics.study import change, paired_difference, phase_table, vs_control
+from dynamics.study.phase import PHASE_FP_MARGIN
 from dynamics.toy.study import (
     ToySize,
     category_table,
@@ -45,7 +47,6 @@ from dynamics.toy.study import (
 from dynamics.toy.world import CATEGORIES
 
 __all__ = [
-    "COUPLINGS",
     "METRICS",
     "QUICK",
     "RECIPES",
@@ -55,8 +56,8 @@ __all__ = [
     "study",
     "toy_first_order",
     "toy_judges",
+    "toy_phase_diagram",
     "toy_recipes",
-    "toy_sharing",
 ]
 
 # a smoke-test size: the tiny preset, no gap (check off), threshold 0 so every judge accepts something
@@ -70,11 +71,11 @@ def _quick(size: ToySize) -> bool:
     return size.preset == "tiny"
 
 
-def study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
+def study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
           clo_overrides: dict | None = None) -> dict[str, list[dict]]:
     """:func:`dynamics.toy.study.judge_study`, with the gap check off at the tiny preset (a tiny model
     has no gap)."""
-    return judge_study(size, judges, sharing=sharing, understanding=understanding, check=not _quick(size),
+    return judge_study(size, judges, coupling=coupling, check=not _quick(size),
                        clo_overrides=clo_overrides)
 
 
@@ -98,7 +99,7 @@ def size_dict(size: ToySize) -> dict:
 
 
 def toy_judges(size: ToySize, *, judges: Sequence[str] = ("self", "all", "oracle", "corrupt:0.9"),
-               understanding: str = "head") -> dict:
+               coupling: str = "tied") -> dict:
     """Findings 1 and 2: the self judge against the unfiltered control, the exact judge and a corrupt
     judge, per category (change of Gen accuracy, understanding false-positive rate on the pre-trained
     samples, Non; the win rate with its denominator).
@@ -107,10 +108,10 @@ def toy_judges(size: ToySize, *, judges: Sequence[str] = ("self", "all", "oracle
     >>> sorted(result["summary"]["vs_control"]), result["plot"]["judges"]
     (['self'], ['self', 'all'])
     """
-    arms = study(size, judges, understanding=understanding)
+    arms = study(size, judges, coupling=coupling)
     rows = category_table(arms, METRICS, control="all" if "all" in judges else None)
-    name = "fig_toy_judges" + ("" if understanding == "head" else f"_{understanding}")
-    summary = {"size": size_dict(size), "understanding": understanding, "rows": rows,
+    name = "fig_toy_judges" + ("" if coupling == "tied" else f"_{coupling}")
+    summary = {"size": size_dict(size), "coupling": coupling, "rows": rows,
                "vs_control": vs_control(arms, "all", VS_CONTROL_KEYS) if "all" in judges else {}}
     plot = {"judges": list(judges), "categories": ["all", *CATEGORIES], "metrics": list(METRICS)}
     return {"name": name, "summary": summary, "plot": plot}
@@ -134,26 +135,26 @@ def toy_first_order(size: ToySize, *, lrs: Sequence[float] = (1e-4, 1e-3, 1e-2, 
     return {"name": "fig_toy_first_order", "summary": summary, "plot": {}}
 
 
-COUPLINGS = (("janus", "janus", "head"), ("full", "full", "head"), ("bayes link", "full", "bayes"))
+def toy_phase_diagram(size: ToySize, *, couplings: Sequence[str] = COUPLINGS,
+                      judges: Sequence[str] = ("self", "oracle", "corrupt:0.9"), alpha: float = 0.05) -> dict:
+    """Coupling x judge quality at the toy scale: for each coupling (``decoupled``, ``trunk``,
+    ``tied``, ``bayes``) and judge, the change of Gen accuracy, of the understanding's false-positive
+    rate, of Non and the win rate beyond the unfiltered control (paired by unit), and the arm's phase
+    (:func:`dynamics.study.phase_of`, one-sided tests at ``alpha``: few units, so 0.05).
 
-
-def toy_sharing(size: ToySize, *, couplings: Sequence[tuple[str, str, str]] = COUPLINGS) -> dict:
-    """Finding 4: the understanding gain (self judge minus the unfiltered control, paired by seed) as the
-    coupling of the branches grows: Janus-like sharing, full sharing, the Bayes link; with the
-    generation gain for reference.
-
-    >>> result = toy_sharing(QUICK, couplings=(("full", "full", "head"),))
-    >>> sorted(result["summary"]["couplings"]["full"])[:2], result["plot"]["labels"]
-    (['gen_acc', 'non_unification'], ['full'])
+    >>> result = toy_phase_diagram(QUICK, couplings=("tied",), judges=("self",))
+    >>> sorted(result["summary"]["rows"]["tied"]), result["plot"]["couplings"]
+    (['self'], ['tied'])
     """
-    keys = ("gen_acc", "und_fp_rate", "win_rate", "und_fn_rate", "non_unification")
-    results = {}
-    for label, sharing, understanding in couplings:
-        arms = study(size, ("self", "all"), sharing=sharing, understanding=understanding)
-        results[label] = self_vs_control(arms, keys)
-    summary = {"size": size_dict(size), "couplings": results,
-               "spec": {lab: {"sharing": s, "understanding": u} for lab, s, u in couplings}}
-    return {"name": "fig_toy_sharing", "summary": summary, "plot": {"labels": [c[0] for c in couplings]}}
+    arms = {c: study(size, ("all", *judges), coupling=c) for c in couplings}
+    table = phase_table(arms, control="all", gen_key="gen_acc", fp_key="und_fp_rate", fp_margin=PHASE_FP_MARGIN, alpha=alpha,
+                        other_keys=("non_unification", "win_rate"), final_keys={"win_rate": 0.5})
+    rows = {c: {j: ph.to_dict() for j, ph in by_judge.items()} for c, by_judge in table.items()}
+    win_n = {c: {j: change(arms[c][j], "win_rate_n")[1] for j in judges} for c in couplings}
+    summary = {"size": size_dict(size), "units": [list(u) for u in size.units()], "alpha": alpha,
+               "fp_margin": PHASE_FP_MARGIN, "control": "all", "rows": rows, "win_rate_n": win_n}
+    return {"name": "fig_toy_phase_diagram", "summary": summary,
+            "plot": {"couplings": list(couplings), "judges": list(judges), "scale": "toy world"}}
 
 
 RECIPES = (

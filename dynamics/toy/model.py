@@ -10,13 +10,17 @@ Sequences (one vocabulary of specials, words and image tokens, :class:`dynamics.
 Every image token carries a learned per-cell position embedding (added to its token embedding) on top
 of the trunk's rotary positions. Batches are left-padded, with position ids counted from ``<bos>``.
 
-Sharing (``ToyConfig.sharing``):
+Coupling (``ToyConfig.coupling``), the network's half of :data:`dynamics.sim.COUPLINGS` (the
+``bayes`` coupling reads a ``tied`` network through the Bayes link, :mod:`dynamics.toy.bayes`):
 
-- ``"full"``: one embedding table over the whole vocabulary (tied with the output head) and one
-  trunk, as in Chameleon or Emu3; both branches read and write image tokens through it.
-- ``"janus"``: a shared trunk and word embeddings, but generation has its own image-token embeddings,
+- ``"tied"``: one embedding table over the whole vocabulary (tied with the output head) and one
+  trunk, as in Chameleon, Show-o or Emu3; both branches read and write image tokens through it.
+- ``"trunk"``: a shared trunk and word embeddings, but generation has its own image-token embeddings,
   cell positions and head, and understanding reads images through its own image embeddings and cell
   positions (as Janus separates its VQ path from its SigLIP path).
+- ``"decoupled"``: the ``trunk`` layout, and understanding runs on its own copy of the trunk (word
+  embeddings and yes/no head included): no parameter on the understanding path is generation's
+  (BAGEL-like experts). The copy starts equal to the generation trunk.
 
 Example (the tiny preset, random weights)::
 
@@ -31,6 +35,7 @@ Example (the tiny preset, random weights)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -43,9 +48,9 @@ from transformers import LlamaConfig, LlamaModel
 from dynamics.protocol import check_images
 from dynamics.toy.world import SceneWorld, WorldConfig
 
-__all__ = ["SHARING", "ToyConfig", "ToyModel"]
+__all__ = ["NETWORK_COUPLINGS", "ToyConfig", "ToyModel"]
 
-SHARING = ("full", "janus")
+NETWORK_COUPLINGS = ("decoupled", "trunk", "tied")
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,7 @@ class ToyConfig:
 
     Model: ``hidden``/``layers``/``heads``/``intermediate`` of the Llama trunk;
     ``initializer_range`` 0.1 (with the Llama default 0.02, understanding stays at chance for hundreds
-    of steps); ``sharing`` ``"full"`` or ``"janus"``; ``temperature``/``top_k`` the sampler's defaults
+    of steps); ``coupling`` ``"tied"``, ``"trunk"`` or ``"decoupled"``; ``temperature``/``top_k`` the sampler's defaults
     (``top_k = 0``: no truncation); ``chunk`` the rows per forward pass in ``judge``/``sample``.
 
     Pre-training (see :func:`dynamics.toy.pretrain.pretrain`): ``steps`` (a step budget, never wall
@@ -80,7 +85,7 @@ class ToyConfig:
     """
 
     world: WorldConfig = field(default_factory=WorldConfig)
-    sharing: str = "full"
+    coupling: str = "tied"
     hidden: int = 64
     layers: int = 4
     heads: int = 4
@@ -105,8 +110,9 @@ class ToyConfig:
     compact_questions: bool = True
 
     def __post_init__(self) -> None:
-        if self.sharing not in SHARING:
-            raise ValueError(f"ToyConfig.sharing must be one of {SHARING}, got {self.sharing!r}")
+        if self.coupling not in NETWORK_COUPLINGS:
+            raise ValueError(f"ToyConfig.coupling must be one of {', '.join(NETWORK_COUPLINGS)} (bayes reads a tied "
+                             f"network through dynamics.toy.bayes), got {self.coupling!r}")
         for name in ("hidden", "layers", "heads", "intermediate", "chunk", "gen_batch", "und_batch", "questions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"ToyConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -130,8 +136,8 @@ class ToyConfig:
         """``"default"`` (the calibrated recipe) or ``"tiny"`` (for tests: a 1-layer width-16 trunk,
         a few steps), with field overrides.
 
-        >>> ToyConfig.preset("tiny").hidden, ToyConfig.preset("default", sharing="janus").sharing
-        (16, 'janus')
+        >>> ToyConfig.preset("tiny").hidden, ToyConfig.preset("default", coupling="trunk").coupling
+        (16, 'trunk')
         """
         presets = {
             "default": {},
@@ -172,13 +178,16 @@ class ToyModel(nn.Module):
 
     Images are cell codes ``(R, B, K, M)`` (see :mod:`dynamics.toy.world`); prompts are ids into
     ``self.prompts`` (every prompt of the world's grammar). Parameter groups (``parameter_groups()``):
-    ``shared`` (trunk and word embeddings; in full sharing also image embeddings, cell positions and
-    the tied head), ``generation`` and ``understanding`` (janus only). ``generation_parameters()`` is
-    ``shared + generation``: never an understanding-only parameter.
+    ``shared`` (trunk and word embeddings; in the ``tied`` coupling also image embeddings, cell
+    positions and the tied head; empty when ``decoupled``), ``generation`` and ``understanding``.
+    ``generation_parameters()`` is ``shared + generation``: never an understanding-only parameter.
 
-    >>> m = ToyModel(ToyConfig.preset("tiny", sharing="janus"))
+    >>> m = ToyModel(ToyConfig.preset("tiny", coupling="trunk"))
     >>> sorted(m.parameter_groups()), len(m.parameter_groups()["understanding"])
     (['generation', 'shared', 'understanding'], 2)
+    >>> groups = ToyModel(ToyConfig.preset("tiny", coupling="decoupled")).parameter_groups()
+    >>> len(groups["shared"]), len(groups["understanding"]) == 2 + len(list(m.trunk.parameters()))
+    (0, True)
     """
 
     def __init__(self, config: ToyConfig | None = None, *, seed: int = 0) -> None:
@@ -190,9 +199,10 @@ class ToyModel(nn.Module):
         self.replicas = 1
         self.image_length = self.world.cells
         V, C, M, H = self.vocab.size, self.world.n_codes, self.world.cells, config.hidden
-        self.janus = config.sharing == "janus"
+        self.coupling = config.coupling
+        self.separate_images = config.coupling != "tied"  # separate image paths for reading and writing
         llama = LlamaConfig(
-            vocab_size=self.vocab.text_size if self.janus else V,
+            vocab_size=self.vocab.text_size if self.separate_images else V,
             hidden_size=H,
             intermediate_size=config.intermediate,
             num_hidden_layers=config.layers,
@@ -210,12 +220,14 @@ class ToyModel(nn.Module):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             self.trunk = LlamaModel(llama)
+        # decoupled: understanding's own trunk, starting equal to generation's
+        self.und_trunk = copy.deepcopy(self.trunk) if config.coupling == "decoupled" else None
         std = config.initializer_range
 
         def param(*shape: int) -> nn.Parameter:
             return nn.Parameter(torch.randn(*shape, generator=gen) * std)
 
-        if self.janus:
+        if self.separate_images:
             self.gen_image_embed = param(C, H)
             self.gen_cell_pos = param(M, H)
             self.gen_head = param(C, H)
@@ -227,17 +239,23 @@ class ToyModel(nn.Module):
 
     # ------------------------------------------------------------------ parameters
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``{"shared", "generation", "understanding"}`` lists of parameters (the last two empty in
-        full sharing)."""
-        if self.janus:
+        """``{"shared", "generation", "understanding"}`` lists of parameters (the last two empty in the
+        ``tied`` coupling, the first empty when ``decoupled``)."""
+        if self.und_trunk is not None:
+            return {"shared": [],
+                    "generation": list(self.trunk.parameters()) + [self.gen_image_embed, self.gen_cell_pos,
+                                                                   self.gen_head],
+                    "understanding": [self.und_image_embed, self.und_cell_pos] + list(self.und_trunk.parameters())}
+        if self.separate_images:
             return {"shared": list(self.trunk.parameters()),
                     "generation": [self.gen_image_embed, self.gen_cell_pos, self.gen_head],
                     "understanding": [self.und_image_embed, self.und_cell_pos]}
         return {"shared": list(self.trunk.parameters()) + [self.cell_pos], "generation": [], "understanding": []}
 
     def generation_parameters(self) -> list[nn.Parameter]:
-        """The parameters a generation-only update may change: the trunk (with word embeddings; in full
-        sharing the whole model) plus, in janus sharing, the generation embeddings and head."""
+        """The parameters a generation-only update may change: the generation trunk (with word
+        embeddings; in the ``tied`` coupling the whole model) plus, in the ``trunk`` and ``decoupled``
+        couplings, the generation image embeddings and head."""
         g = self.parameter_groups()
         return g["shared"] + g["generation"]
 
@@ -273,7 +291,7 @@ class ToyModel(nn.Module):
 
     def _image_table(self, branch: str) -> torch.Tensor:
         """The ``(C, H)`` input embeddings of the image codes read by ``branch`` (``"gen"``/``"und"``)."""
-        if self.janus:
+        if self.separate_images:
             return self.gen_image_embed if branch == "gen" else self.und_image_embed
         return self.trunk.embed_tokens.weight[self.vocab.image_offset:]
 
@@ -281,9 +299,9 @@ class ToyModel(nn.Module):
         """Input embeddings of vocabulary ids ``(N, L)`` whose image tokens sit at cells ``cell (N, L)``
         (``-1`` elsewhere), read by ``branch`` ``"gen"`` or ``"und"``."""
         off = self.vocab.image_offset
-        if self.janus:
+        if self.separate_images:
             is_img = ids >= off
-            e = self.trunk.embed_tokens(ids.masked_fill(is_img, self.vocab.pad))
+            e = self._trunk(branch).embed_tokens(ids.masked_fill(is_img, self.vocab.pad))
             e = torch.where(is_img.unsqueeze(-1), self._image_table(branch)[(ids - off).clamp(min=0)], e)
             pos = self.gen_cell_pos if branch == "gen" else self.und_cell_pos
         else:
@@ -291,22 +309,27 @@ class ToyModel(nn.Module):
             pos = self.cell_pos
         return e + torch.where((cell >= 0).unsqueeze(-1), pos[cell.clamp(min=0)], 0.0)
 
+    def _trunk(self, branch: str) -> nn.Module:
+        """The trunk ``branch`` (``"gen"``/``"und"``) runs on: one, or two when ``decoupled``."""
+        return self.und_trunk if branch == "und" and self.und_trunk is not None else self.trunk
+
     def _gen_logits(self, h: torch.Tensor) -> torch.Tensor:
         """Image-code logits ``(..., C)`` from hidden states ``(..., H)``: the generation head (janus) or
         the tied image embeddings (full sharing)."""
-        if self.janus:
+        if self.separate_images:
             return h @ self.gen_head.T
         return h @ self._image_table("gen").T
 
     def _yes_no_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """``(..., 2)`` logits of ``yes`` and ``no`` (the tied word head)."""
-        w = self.trunk.embed_tokens.weight[[self.vocab.yes, self.vocab.no]]
+        """``(..., 2)`` logits of ``yes`` and ``no`` (the tied word head of the understanding's trunk)."""
+        w = self._trunk("und").embed_tokens.weight[[self.vocab.yes, self.vocab.no]]
         return h @ w.T
 
-    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache=None):
-        """The trunk on ``embeds (N, L, H)``; ``mask (N, L_kv)`` marks the non-pad keys (cached ones
-        first, then the ``L`` new positions)."""
-        return self.trunk(inputs_embeds=embeds, attention_mask=self._additive_mask(mask, embeds.shape[1], embeds.dtype),
+    def _run(self, embeds: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache=None,
+             branch: str = "gen"):
+        """``branch``'s trunk on ``embeds (N, L, H)``; ``mask (N, L_kv)`` marks the non-pad keys (cached
+        ones first, then the ``L`` new positions)."""
+        return self._trunk(branch)(inputs_embeds=embeds, attention_mask=self._additive_mask(mask, embeds.shape[1], embeds.dtype),
                           position_ids=positions, cache=cache, use_cache=cache is not None)
 
     @staticmethod
@@ -363,7 +386,7 @@ class ToyModel(nn.Module):
         """``log [P(yes), P(no)]`` ``(N, 2)`` in the judge's format."""
         ids, slot = self._und_sequences(pid, imgs)
         mask = ids != self.vocab.pad
-        h = self._run(self._embed(ids, slot, "und"), mask, self._positions(mask)).last_hidden_state
+        h = self._run(self._embed(ids, slot, "und"), mask, self._positions(mask), branch="und").last_hidden_state
         return F.log_softmax(self._yes_no_logits(h[:, -1]), -1)
 
     def _flat(self, prompt_ids, images):
@@ -512,4 +535,4 @@ class ToyModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def extra_repr(self) -> str:
         n = sum(p.numel() for p in self.parameters())
-        return f"sharing={self.config.sharing}, parameters={n}"
+        return f"coupling={self.config.coupling}, parameters={n}"

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dynamics.clo import CLOConfig, batch_loss, build_data, replica_seeds, train_batch
+from dynamics.protocol import check_coupling
 from dynamics.study import change, flatten_groups, judge_configs, paired_difference, perturb, slope
 from dynamics.study import run_arms as _run_arms
 from dynamics.study.arms import check_perturb_at
@@ -93,12 +94,13 @@ class ToySize:
         base.update(kw)
         return cls(**base)
 
-    def config(self, sharing: str = "full", world: int = 0) -> ToyConfig:
-        """The model config of this size in world ``world`` (its split seed)."""
+    def config(self, coupling: str = "tied", world: int = 0) -> ToyConfig:
+        """The model config of this size in world ``world`` (its split seed), with the network of
+        ``coupling`` (``bayes`` reads a ``tied`` network: :func:`network_coupling`)."""
         over = dict(self.overrides)
         if world:
             over["world"] = dataclasses.replace(over.get("world", WorldConfig()), split_seed=int(world))
-        return ToyConfig.preset(self.preset, sharing=sharing, **over)
+        return ToyConfig.preset(self.preset, coupling=network_coupling(coupling), **over)
 
     def units(self) -> list[tuple[int, int]]:
         if self.unit_list is not None:
@@ -106,23 +108,32 @@ class ToySize:
         return [(int(w), int(s)) for w in self.worlds for s in self.seeds]
 
 
-def pretrained_model(size: ToySize, seed: int, *, sharing: str = "full", understanding: str = "head",
-                     check: bool = True, progress: bool = False, threshold: float = 0.5, world: int = 0,
-                     perturbation: float = 0.0):
-    """The pre-trained toy model of ``seed`` in world ``world`` (cached), in eval mode, its understanding read by the
-    trained yes/no head (``"head"``) or through the Bayes link (``"bayes"``: a calibrated
+def network_coupling(coupling: str) -> str:
+    """The network a coupling of :data:`dynamics.sim.COUPLINGS` runs on: itself, or ``tied`` for
+    ``bayes`` (the generator of a tied network, its understanding read through the Bayes link).
+
+    >>> [network_coupling(c) for c in ("decoupled", "trunk", "tied", "bayes")]
+    ['decoupled', 'trunk', 'tied', 'tied']
+    """
+    check_coupling(coupling)
+    return "tied" if coupling == "bayes" else coupling
+
+
+def pretrained_model(size: ToySize, seed: int, *, coupling: str = "tied", check: bool = True, progress: bool = False,
+                     threshold: float = 0.5, world: int = 0, perturbation: float = 0.0):
+    """The pre-trained toy model of ``seed`` in world ``world`` (cached), in eval mode, with ``coupling``
+    (``decoupled``, ``trunk``, ``tied``: the trained yes/no answer of that network; ``bayes``: the
+    tied network's generator read through the Bayes link, a calibrated
     :class:`~dynamics.toy.bayes.BayesLinked`); with ``check`` stop unless it has the internal gap
     (:func:`dynamics.toy.pretrain.check_gap`, own verdicts at the CLO ``threshold``; the report is kept
     as ``model.gap``). ``perturbation``: pre-trained from initial weights moved by that relative amount
     (:func:`dynamics.toy.pretrain.pretrain`)."""
     from dynamics.toy.pretrain import check_gap, pretrain
 
-    if understanding not in ("head", "bayes"):
-        raise ValueError(f"understanding must be 'head' or 'bayes', got {understanding!r}")
-    model = pretrain(size.config(sharing, world), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
+    model = pretrain(size.config(coupling, world), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
                      progress=progress, perturbation=perturbation)
     model.eval()
-    if understanding == "bayes":
+    if coupling == "bayes":
         from dynamics.toy.bayes import BayesLinked
 
         model = BayesLinked(model, seed=seed)
@@ -151,8 +162,7 @@ def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_id
     return {label: arm.records for label, arm in arms.items()}
 
 
-def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", understanding: str = "head",
-                check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
+def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied", check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
                 perturbation: float = 0.0, perturb_at: str = "pretrained", skip_no_gap: bool = False
                 ) -> dict[str, list[dict]]:
     """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
@@ -173,7 +183,7 @@ def judge_study(size: ToySize, judges: Sequence[str], *, sharing: str = "full", 
     arms: dict[str, list[dict]] = {j: [] for j in judges}
     for w, s in size.units():
         try:
-            model = pretrained_model(size, s, sharing=sharing, understanding=understanding, check=check,
+            model = pretrained_model(size, s, coupling=coupling, check=check,
                                      progress=progress, world=w, threshold=size.clo.threshold,
                                      perturbation=perturbation if perturb_at == "init" else 0.0)
         except GapError as e:

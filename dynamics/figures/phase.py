@@ -1,0 +1,68 @@
+"""The phase diagram: coupling x judge, each cell coloured by the arm's phase (only draws).
+
+The rows are what :func:`dynamics.study.phase_of` returns as dicts (``phase``, ``gen``, ``fp`` and the
+further keys, each ``(mean, s.e., n)``), ``{coupling: {judge: row}}``; the scales' experiments
+(:func:`dynamics.sim.experiments.phase_diagram`, :func:`dynamics.toy.experiments.toy_phase_diagram`)
+make them.
+
+    >>> row = {"phase": "co-improvement", "gen": (0.2, 0.01, 16), "fp": (-0.07, 0.006, 16)}
+    >>> fig = plot_phase_diagram({"bayes": {"self": row}}, ["bayes"], ["self"], title="demo")
+    >>> len(fig.axes)
+    1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from dynamics.figures.common import pyplot
+
+__all__ = ["PHASE_COLOURS", "plot_phase_diagram"]
+
+PHASE_COLOURS = {
+    "co-improvement": "#7fc97f",
+    "co-degradation": "#f0027f",
+    "drift": "#fdc086",
+    "no transfer": "#bdbdbd",
+    "undetermined": "#ffffff",
+}
+
+
+def _pm(v, scale: float = 100.0) -> str:
+    mean, se, _ = v
+    return f"{scale * mean:+.1f} ± {scale * se:.1f}"
+
+
+def plot_phase_diagram(rows: Mapping[str, Mapping[str, Mapping]], couplings: Sequence[str], judges: Sequence[str],
+                       *, title: str, win_key: str | None = None, caption: str = ""):
+    """One cell per (coupling, judge): the phase as colour, the change beyond the control of Gen
+    accuracy and of the false-positive rate (points, mean ± s.e.) and, with ``win_key``, the final
+    win rate."""
+    from matplotlib.patches import Patch, Rectangle
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(min(7.0, 1.4 + 1.9 * len(judges)), 0.9 + 0.85 * len(couplings)))
+    for i, c in enumerate(couplings):
+        for j, judge in enumerate(judges):
+            row = rows[c][judge]
+            ax.add_patch(Rectangle((j, i), 1, 1, facecolor=PHASE_COLOURS[row["phase"]], edgecolor="black", lw=0.5))
+            lines = [f"ΔGen {_pm(row['gen'])}", f"ΔFP {_pm(row['fp'])}"]
+            if win_key and f"final_{win_key}" in row:
+                m, se, _ = row[f"final_{win_key}"]
+                lines.append(f"win {100 * (m + 0.5):.0f} ± {100 * se:.0f}")
+            ax.text(j + 0.5, i + 0.5, "\n".join(lines), ha="center", va="center", fontsize=7)
+    ax.set_xlim(0, len(judges))
+    ax.set_ylim(len(couplings), 0)
+    ax.set_xticks([j + 0.5 for j in range(len(judges))], list(judges), fontsize=8)
+    ax.set_yticks([i + 0.5 for i in range(len(couplings))], list(couplings), fontsize=8)
+    ax.set_xlabel("judge", fontsize=8)
+    ax.set_ylabel("coupling", fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=9)
+    handles = [Patch(facecolor=col, edgecolor="black", lw=0.5, label=name) for name, col in PHASE_COLOURS.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    if caption:
+        fig.text(0.5, -0.08, caption, ha="center", va="top", fontsize=7, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
