@@ -34,15 +34,21 @@ def _pm(v, scale: float = 100.0) -> str:
 
 
 def plot_phase_diagram(rows: Mapping[str, Mapping[str, Mapping]], couplings: Sequence[str], judges: Sequence[str],
-                       *, title: str, win_key: str | None = None, caption: str = ""):
+                       *, title: str, win_key: str | None = None, caption: str = "",
+                       missing: Mapping[str, str] | None = None):
     """One cell per (coupling, judge): the phase as colour, the change beyond the control of Gen
     accuracy and of the false-positive rate (points, mean ± s.e.) and, with ``win_key``, the final
-    win rate."""
+    win rate. A coupling without a row is drawn hatched with its reason from ``missing``."""
     from matplotlib.patches import Patch, Rectangle
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(min(7.0, 1.4 + 1.9 * len(judges)), 0.9 + 0.85 * len(couplings)))
     for i, c in enumerate(couplings):
+        if c not in rows:
+            ax.add_patch(Rectangle((0, i), len(judges), 1, facecolor="white", hatch="//", edgecolor="grey", lw=0.5))
+            ax.text(len(judges) / 2, i + 0.5, (missing or {}).get(c, "not measured"), ha="center", va="center",
+                    fontsize=7, bbox={"facecolor": "white", "edgecolor": "none"})
+            continue
         for j, judge in enumerate(judges):
             row = rows[c][judge]
             ax.add_patch(Rectangle((j, i), 1, 1, facecolor=PHASE_COLOURS[row["phase"]], edgecolor="black", lw=0.5))

@@ -147,11 +147,14 @@ def draw_toy_first_order(result: dict, out_dir: str | Path) -> list[Path]:
 def draw_toy_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
     """Coupling x judge quality at the toy scale, each arm placed by its phase."""
     s, plot = result["summary"], result["plot"]
-    caption = (f"Changes beyond the unfiltered control (points; mean ± s.e. over {len(s['units'])} units "
+    ns = sorted({row["gen"][2] for by_judge in s["rows"].values() for row in by_judge.values()})
+    caption = (f"Changes beyond the unfiltered control (points; mean ± s.e. over {'/'.join(map(str, ns))} units "
                f"(world, seed)); phase from one-sided paired t tests at alpha = {s['alpha']}, 'no transfer' by "
                f"TOST within ±{100 * s['fp_margin']:g} points of FP.")
+    missing = {c: f"no unit passed the gap check ({len(e)} pre-trained)" for c, e in s.get("excluded", {}).items()
+               if c not in s["rows"]}
     fig = plot_phase_diagram(s["rows"], plot["couplings"], plot["judges"], win_key="win_rate", caption=caption,
-                             title=f"{plot['scale']}: coupling x judge quality (SFT, self-judged CLO)")
+                             missing=missing, title=f"{plot['scale']}: coupling x judge quality (SFT, self-judged CLO)")
     return finish(fig, out_dir, result)
 
 

@@ -72,11 +72,12 @@ def _quick(size: ToySize) -> bool:
 
 
 def study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
-          clo_overrides: dict | None = None) -> dict[str, list[dict]]:
+          clo_overrides: dict | None = None, excluded: list | None = None) -> dict[str, list[dict]]:
     """:func:`dynamics.toy.study.judge_study`, with the gap check off at the tiny preset (a tiny model
-    has no gap)."""
-    return judge_study(size, judges, coupling=coupling, check=not _quick(size),
-                       clo_overrides=clo_overrides)
+    has no gap). With ``excluded`` (a list), units without the gap are left out and listed there
+    instead of stopping the study."""
+    return judge_study(size, judges, coupling=coupling, check=not _quick(size), clo_overrides=clo_overrides,
+                       skip_no_gap=excluded is not None, excluded=excluded)
 
 
 def self_vs_control(arms: dict[str, list[dict]], keys: Sequence[str]) -> dict:
@@ -140,19 +141,24 @@ def toy_phase_diagram(size: ToySize, *, couplings: Sequence[str] = COUPLINGS,
     """Coupling x judge quality at the toy scale: for each coupling (``decoupled``, ``trunk``,
     ``tied``, ``bayes``) and judge, the change of Gen accuracy, of the understanding's false-positive
     rate, of Non and the win rate beyond the unfiltered control (paired by unit), and the arm's phase
-    (:func:`dynamics.study.phase_of`, one-sided tests at ``alpha``: few units, so 0.05).
+    (:func:`dynamics.study.phase_of`, one-sided tests at ``alpha``: few units, so 0.05). Units whose
+    pre-trained model lacks the internal gap are left out (``summary["excluded"]``); a coupling with
+    fewer than two units left has no row (its reasons are listed).
 
     >>> result = toy_phase_diagram(QUICK, couplings=("tied",), judges=("self",))
     >>> sorted(result["summary"]["rows"]["tied"]), result["plot"]["couplings"]
     (['self'], ['tied'])
     """
-    arms = {c: study(size, ("all", *judges), coupling=c) for c in couplings}
+    excluded: dict[str, list] = {c: [] for c in couplings}
+    arms = {c: study(size, ("all", *judges), coupling=c, excluded=excluded[c]) for c in couplings}
+    arms = {c: a for c, a in arms.items() if len({(r.get("world", 0), r["seed"]) for r in a["all"]}) >= 2}
     table = phase_table(arms, control="all", gen_key="gen_acc", fp_key="und_fp_rate", fp_margin=PHASE_FP_MARGIN, alpha=alpha,
                         other_keys=("non_unification", "win_rate"), final_keys={"win_rate": 0.5})
     rows = {c: {j: ph.to_dict() for j, ph in by_judge.items()} for c, by_judge in table.items()}
-    win_n = {c: {j: change(arms[c][j], "win_rate_n")[1] for j in judges} for c in couplings}
+    win_n = {c: {j: change(arms[c][j], "win_rate_n")[1] for j in judges} for c in arms}
     summary = {"size": size_dict(size), "units": [list(u) for u in size.units()], "alpha": alpha,
-               "fp_margin": PHASE_FP_MARGIN, "control": "all", "rows": rows, "win_rate_n": win_n}
+               "fp_margin": PHASE_FP_MARGIN, "control": "all", "rows": rows, "win_rate_n": win_n,
+               "excluded": {c: e for c, e in excluded.items() if e}}
     return {"name": "fig_toy_phase_diagram", "summary": summary,
             "plot": {"couplings": list(couplings), "judges": list(judges), "scale": "toy world"}}
 

@@ -163,7 +163,8 @@ def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_id
 
 
 def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied", check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
-                perturbation: float = 0.0, perturb_at: str = "pretrained", skip_no_gap: bool = False
+                perturbation: float = 0.0, perturb_at: str = "pretrained", skip_no_gap: bool = False,
+                excluded: list | None = None
                 ) -> dict[str, list[dict]]:
     """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
     unit, shared by its arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields);
@@ -175,7 +176,8 @@ def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
     1,200 steps carry to a different pre-trained model: what another CPU's rounding does). A unit
     whose pre-trained model fails the gap check (:func:`dynamics.toy.pretrain.check_gap`, the
     precondition the main job enforces too) stops the study, or with ``skip_no_gap`` is left out with
-    a logged reason: the inclusion criterion of a study, applied before any arm runs."""
+    a logged reason (appended to ``excluded`` as ``{"world", "seed", "reason"}`` when given): the
+    inclusion criterion of a study, applied before any arm runs."""
     check_perturb_at(perturb_at)
     from dynamics.toy.pretrain import GapError
 
@@ -190,6 +192,8 @@ def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
             if not skip_no_gap:
                 raise
             log.warning("unit (world %d, seed %d) left out of the study: %s", w, s, e)
+            if excluded is not None:
+                excluded.append({"world": w, "seed": s, "reason": str(e)})
             continue
         if perturbation and perturb_at == "pretrained":
             perturb(model, rel=perturbation, seed=s)
