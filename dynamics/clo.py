@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from dynamics import losses as _losses
 from dynamics import metrics as _metrics
-from dynamics.judges import parse_judge
+from dynamics.judges import near_misses, parse_judge
 from dynamics.protocol import ExternalJudge, TrainBatch, UnifiedModel
 from dynamics.records import RunDir, to_jsonable, versions
 
@@ -78,7 +78,7 @@ class CLOConfig:
 
     candidates: int = 8  # N images per prompt (paper: 10)
     threshold: float = 0.5  # accept when the judge's score (P(yes) for the self judge) >= threshold
-    judge: str = "self"  # self | oracle | external | all | noisy:<p> | corrupt:<p>
+    judge: str = "self"  # self | oracle | external | all | noisy:<p> | corrupt:<p> | lookalike:<p> | pr:<prec>,<rec>
     loss: str = "sft"  # sft | dpo
     beta: float = 0.1  # DPO temperature
     dpo_variant: str = "sigmoid"  # sigmoid | ipo | hinge | robust | conservative
@@ -315,12 +315,13 @@ def build_data(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *,
         raise ValueError("build_data: the candidates given carry no external verdicts, and this judge needs them")
     # the data judge scores chunk by chunk with the chunk's own seeds (as sampling did), so a run is the
     # same whether or not its candidates were drawn before
+    near = near_misses(external, prompt_ids, got["images"]) if judge.needs_near_miss else None
     parts = []
     for start in range(0, len(prompt_ids), cfg.chunk_size):
         sl = slice(start, start + cfg.chunk_size)
         gens = _generators([_derive(x, start) + 1 for x in seeds])
         parts.append(judge.score(got["p_yes"][:, sl], None if ext is None else ext[:, sl], threshold=cfg.threshold,
-                                 generator=gens))
+                                 generator=gens, near_miss=None if near is None else near[:, sl]))
     score = torch.cat(parts, dim=1)
     accepted = _metrics.accepts(score, cfg.threshold)
     data = CLOData(
@@ -797,6 +798,7 @@ def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra
     R = len(per)
     if data.external_yes is not None:  # the share of the self-judged set the external judge accepts
         precision = _metrics.rate(data.external_yes, data.accepted)[0]
+        recall = _metrics.rate(data.accepted, data.external_yes)[0]  # ... and of the aligned candidates it holds
     out = []
     for r in range(R):
         rec = {"epoch": epoch, "seed": cfg.seed + r if R > 1 else cfg.seed, "replica": r}
@@ -804,6 +806,7 @@ def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra
         rec["sft_size"] = int(data.sft_size()[r])
         if data.external_yes is not None:
             rec["sft_precision"] = precision[r].item()
+            rec["sft_recall"] = recall[r].item()
         rec["discard_size"] = int(data.pool[r].sum())
         rec["replayed_prompts"] = int(data.replayed[r].sum())
         if cfg.loss == "dpo":

@@ -285,6 +285,32 @@ class SimWorld:
 
     __call__ = oracle
 
+    @property
+    def near_misses(self) -> torch.Tensor:
+        """``(P, V)`` bool: the near misses of each prompt, misaligned tokens with every named attribute
+        right but one that look like an aligned token (the :attr:`distractor` table restricted to
+        attribute distance one). A ``lookalike`` or ``pr`` judge (:mod:`dynamics.judges`) accepts them.
+
+        >>> w = SimWorld(prompts=48, tokens=48, seed=0)
+        >>> bool((w.near_misses & w.aligned).any()), bool((w.near_misses <= w.distractor).all())
+        (False, True)
+        """
+        named = self.prompt_attrs >= 0
+        wrong = ((self.prompt_attrs[:, None, :] != self.token_attrs[None, :, :]) & named[:, None, :]).sum(-1)
+        return self.distractor & (wrong == 1)
+
+    def near_miss(self, prompt_ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Whether each of ``images`` ``(R, B, K, 1)`` is a near miss of its prompt (:attr:`near_misses`):
+        ``(R, B, K)`` bool, checked like :meth:`oracle`.
+
+        >>> w = SimWorld(prompts=8, tokens=8, seed=1)
+        >>> w.near_miss(torch.tensor([0]), torch.zeros(2, 1, 3, 1, dtype=torch.long)).shape
+        torch.Size([2, 1, 3])
+        """
+        self.oracle(prompt_ids, images)  # the same checks of ids and tokens
+        table = self.near_misses
+        return table[self._check_ids(prompt_ids)[None, :, None], images[..., 0].cpu()].to(images.device)
+
     def aligned_examples(self, prompt_ids: torch.Tensor, *, seed: int = 0) -> torch.Tensor:
         """One aligned token per prompt, drawn uniformly from its aligned set: ``(B,)`` long.
 

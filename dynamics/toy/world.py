@@ -231,6 +231,7 @@ class SceneWorld:
             self.code_color[k], self.code_shape[k] = divmod(k - 1, self.n_shapes)
         self._prompts: PromptSet | None = None
         self._compiled: dict[str, torch.Tensor] | None = None
+        self._neighbours: torch.Tensor | None = None
 
     # ---------------------------------------------------------------- codes and text
     def code(self, color: int, shape: int) -> int:
@@ -605,6 +606,70 @@ class SceneWorld:
             raise ValueError(f"perturb: unknown category {cat!r}")
         return new
 
+    def neighbours(self, spec: dict) -> list[dict]:
+        """Every hard negative :meth:`perturb` can draw from ``spec``: the specs that change one of its
+        attributes (a shape, the count by one, a colour, the relation, the colour binding).
+
+        >>> w = SceneWorld()
+        >>> [w.spec_text(n) for n in w.neighbours(w.prompt_set().meta[0]["spec"])]
+        ['a square', 'a triangle']
+        """
+        cat, objs = spec["category"], spec["objects"]
+
+        def edit(i: int, **change) -> dict:
+            return {**spec, "objects": [{**o, **change} if k == i else dict(o) for k, o in enumerate(objs)]}
+
+        if cat == "single_object":
+            return [edit(0, shape=s) for s in range(self.n_shapes) if s != objs[0]["shape"]]
+        if cat == "two_object":
+            taken = {o["shape"] for o in objs}
+            return [edit(i, shape=s) for i in range(2) for s in range(self.n_shapes) if s not in taken]
+        if cat == "counting":
+            return [{**spec, "objects": [dict(objs[0])], "count": spec["count"] + d} for d in (-1, 1)]
+        if cat == "colors":
+            return ([edit(0, color=c) for c in range(self.n_colors) if c != objs[0]["color"]]
+                    + [edit(0, shape=s) for s in range(self.n_shapes) if s != objs[0]["shape"]])
+        if cat == "position":
+            flip = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
+            return [{**spec, "objects": [dict(o) for o in objs], "relation": flip[spec["relation"]]}]
+        if cat == "color_attr":
+            c0, c1 = objs[0]["color"], objs[1]["color"]
+            swapped = {**spec, "objects": [{**objs[0], "color": c1}, {**objs[1], "color": c0}]}
+            return [swapped] + [edit(i, color=c) for i in range(2) for c in range(self.n_colors) if c not in (c0, c1)]
+        raise ValueError(f"neighbours: unknown category {cat!r}")
+
+    def near_miss_batch(self, prompt_ids: torch.Tensor, scenes: torch.Tensor) -> torch.Tensor:
+        """Near misses: ``prompt_ids (N,)``, ``scenes (N, M)`` -> ``(N,)`` bool, whether the scene fails its
+        prompt but satisfies one of its :meth:`neighbours` (every attribute right but one).
+
+        >>> w = SceneWorld()
+        >>> ps = w.prompt_set()
+        >>> blue = torch.as_tensor(w.parse_scene("b.circle . . . / . . . . / . . . . / . . . ."))
+        >>> red = torch.as_tensor(w.parse_scene("r.circle . . . / . . . . / . . . . / . . . ."))
+        >>> i = ps.texts.index("a red circle")
+        >>> w.near_miss_batch(torch.tensor([i, i]), torch.stack([blue, red])).tolist()
+        [True, False]
+        """
+        scenes = torch.as_tensor(scenes).long()
+        prompt_ids = torch.as_tensor(prompt_ids).long()
+        ok = self.satisfies_batch(prompt_ids, scenes)  # also checks the shapes and ranges
+        if self._neighbours is None:
+            specs = [m["spec"] for m in self.prompt_set().meta]
+            index = {_spec_key(sp): j for j, sp in enumerate(specs)}
+            table = torch.zeros(len(specs), len(specs), dtype=torch.bool)
+            for i, sp in enumerate(specs):
+                if sp["category"] != "counting":  # count +- 1 is checked below (not every count is a prompt)
+                    for nb in self.neighbours(sp):
+                        table[i, index[_spec_key(nb)]] = True
+            self._neighbours = table
+        sat = self.satisfies_all(scenes)  # (N, P)
+        near = (sat & self._neighbours[prompt_ids]).any(-1)
+        t = self._compile()
+        na = torch.gather(t["mask_a"][prompt_ids], 1, scenes).sum(-1)
+        counted = (t["kind"][prompt_ids] == _KIND_CODES["count"]) & ((na - t["count"][prompt_ids]).abs() == 1)
+        counted &= (scenes > 0).sum(1) <= self.config.max_objects
+        return ~ok & (near | counted)
+
     def random_scene(self, rng: random.Random, n_objects: int) -> list[int]:
         """A scene of ``n_objects`` uniformly random objects at random cells.
 
@@ -648,6 +713,26 @@ class ExactJudge:
             raise ValueError(f"ExactJudge: images have {M} cells, the world has {self.world.cells}")
         pid = prompt_ids.view(1, B, 1).expand(R, B, K).reshape(-1)
         return self.world.satisfies_batch(pid, images.reshape(-1, M)).view(R, B, K)
+
+    def near_miss(self, prompt_ids: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Whether each scene is a near miss of its prompt (:meth:`SceneWorld.near_miss_batch`):
+        ``(R, B, K)`` bool, for the ``lookalike`` and ``pr`` judges (:mod:`dynamics.judges`).
+
+        >>> w = SceneWorld()
+        >>> ExactJudge(w).near_miss(torch.tensor([0]), torch.zeros(1, 1, 2, 16, dtype=torch.long)).tolist()
+        [[[False, False]]]
+        """
+        prompt_ids = torch.as_tensor(prompt_ids).long()
+        images = torch.as_tensor(images)
+        shape = self(prompt_ids, images).shape  # the same checks
+        R, B, K = shape
+        pid = prompt_ids.view(1, B, 1).expand(R, B, K).reshape(-1)
+        return self.world.near_miss_batch(pid, images.reshape(-1, images.shape[-1]).cpu()).view(shape).to(images.device)
+
+
+def _spec_key(spec: dict) -> tuple:
+    return (spec["category"], tuple((o["shape"], o["color"]) for o in spec["objects"]), spec.get("count"),
+            spec.get("relation"))
 
 
 def _draw_shape(ax, shape: str, x: float, y: float, size: float, color: str) -> None:
