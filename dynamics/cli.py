@@ -24,7 +24,9 @@ CLO_HELP = {
     "threshold": "accept a candidate when its judge score (P(yes) for the self judge) >= this, in [0, 1]",
     "judge": "data judge: self | oracle | external | all (unfiltered control) | noisy:<p> (external judge, "
              "verdicts inverted with prob. p) | corrupt:<p> (self judge, verdicts inverted with prob. p: poor "
-             "supervision)",
+             "supervision) | lookalike:<p> (external judge that also accepts each near miss of the prompt, all "
+             "attributes right but one, with prob. p) | pr:<precision>,<recall> (an external judge with that set "
+             "precision and recall on the candidate pool, errors drawn from near misses first)",
     "loss": "generation objective: sft | dpo",
     "beta": "DPO temperature beta",
     "dpo_variant": "DPO loss variant: sigmoid | ipo | hinge | robust | conservative",

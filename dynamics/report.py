@@ -31,6 +31,7 @@ LABELS = {
     "sft_size": "SFT set size",
     "discard_size": "Discard pool size",
     "sft_precision": "SFT-set precision (oracle)",
+    "sft_recall": "SFT-set recall (oracle)",
     "exact_gen_acc": "Gen accuracy (exact)",
     "exact_win_rate": "Und win rate (exact)",
     "exact_non_unification": "Non-unification (exact)",
