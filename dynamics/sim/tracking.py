@@ -53,7 +53,6 @@ import torch
 from torch.func import functional_call, jvp
 
 from dynamics import metrics
-from dynamics.kernels import entk
 from dynamics.protocol import TrainBatch
 from dynamics.theory import dpo_coefficients, g_sft, posterior_weights
 
@@ -266,15 +265,10 @@ def dominance_ratio(model, replica: int, probes: torch.Tensor, train_prompts: to
     >>> r.shape, bool(r[0] > 0)
     (torch.Size([1]), True)
     """
-    params = model.functional_params(replica, dtype=torch.float64)
-    scope_ids = {id(p) for p in model.generation_parameters()}
-    blocks = [n for n, p in model.named_parameters() if id(p) in scope_ids]
-    fn = model.gen_logits_fn()
-    xs_a = torch.cat([probes[:, 0], competitors]).long()
-    k = entk(fn, fn, params, xs_a, train_prompts.long(), blocks=blocks)  # (2n, B, V, V)
-    norms = k.flatten(1).norm(dim=1)
-    n = len(probes)
-    return norms[:n] / norms[n:]
+    from dynamics.transfer import dominance_ratio as ratio
+    from dynamics.transfer import sim_branches
+
+    return ratio(sim_branches(model, replica), probes[:, 0].long(), competitors.long(), train_prompts.long())
 
 
 # ---------------------------------------------------------------------------------------------- the hook

@@ -35,9 +35,11 @@ __all__ = [
     "mean_se",
     "one_sample",
     "paired",
+    "pearson",
     "power_one_sided",
     "required_n",
     "slope",
+    "spearman",
 ]
 
 
@@ -287,3 +289,34 @@ def slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     if sxx == 0:
         raise ValueError("slope: every x is the same")
     return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sxx
+
+
+def _correlation(kind: str, a: Sequence[float], b: Sequence[float]) -> float:
+    from scipy import stats
+
+    x = [float(v) for v in a]
+    y = [float(v) for v in b]
+    if len(x) != len(y):
+        raise ValueError(f"{kind}: the two samples have {len(x)} and {len(y)} values")
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:  # undefined: scipy would warn and return NaN
+        return math.nan
+    fn = stats.pearsonr if kind == "pearson" else stats.spearmanr
+    return float(fn(x, y).statistic)
+
+
+def pearson(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson's correlation (``scipy.stats.pearsonr``); NaN with fewer than two pairs or a constant sample.
+
+    >>> round(pearson([1.0, 2.0, 3.0], [2.0, 4.0, 7.0]), 4)
+    0.9934
+    """
+    return _correlation("pearson", a, b)
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float:
+    """Spearman's rank correlation (``scipy.stats.spearmanr``, average ranks for ties); NaN as :func:`pearson`.
+
+    >>> spearman([1.0, 2.0, 3.0, 4.0], [1.0, 8.0, 27.0, 64.0])
+    1.0
+    """
+    return _correlation("spearman", a, b)
