@@ -41,13 +41,18 @@ from __future__ import annotations
 
 import enum
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch.func import jacrev, jvp, vjp, vmap
 
+from dynamics import _structured
+
 __all__ = [
+    "EntkPlan",
     "Implementation",
     "entk",
     "entk_blocks",
@@ -56,6 +61,7 @@ __all__ = [
     "grad_inner_product",
     "kernel_matrix",
     "param_blocks",
+    "plan_entk",
     "select_params",
     "sgd_step",
 ]
@@ -66,32 +72,73 @@ LogitsFn = Callable[[Params, Any], torch.Tensor]
 
 
 class Implementation(str, enum.Enum):
-    """How :func:`entk` computes ``K = J_a J_b^T``; all three give the same kernel.
+    """How :func:`entk` computes ``K = J_a J_b^T``; all give the same kernel.
 
-    Costs, with ``N`` examples per side, ``O`` logits per example (``V`` times the positions),
-    ``P`` selected parameters and ``F`` the cost of one forward pass (``F ~ P`` for dense nets):
+    Cost model, in multiply-adds, with ``N`` examples per side, ``O`` logits per example (``V``
+    times the positions), ``P`` selected parameters and ``F`` the multiply-adds of one forward pass
+    (``F ~ P`` for a dense net on one position, ``F ~ P L`` on ``L`` positions). A reverse pass per
+    logit that forms every parameter's gradient costs about ``4 F`` (outer products in small
+    batched products), one that stops at the activations ``2 F``; the constants are fitted on CPU
+    (float64, one thread) and live in :mod:`dynamics._structured`:
 
     - ``JACOBIAN``: per-example Jacobians by ``vmap(jacrev(fn))``, then one matrix product per
-      parameter tensor. Time ``~ N O F + N_a O_a N_b O_b P``, memory ``(N_a O_a + N_b O_b) P``.
-      Wins when ``O`` is small (a few logits, single tokens) or for a Gram matrix (``xs_b is xs_a``
-      and ``fn_b is fn_a`` reuse one Jacobian). The default.
+      parameter tensor. Time ``4 F (N_a O_a + N_b O_b) + N_a O_a N_b O_b P``, memory
+      ``(N_a O_a + N_b O_b) P``. Wins when ``O`` is small (a few logits, single tokens) or for a Gram
+      matrix (``xs_b is xs_a`` and ``fn_b is fn_a`` reuse one Jacobian). The default.
     - ``VJP_JVP``: for each example of side b and each of its logits, a vjp gives the tangent
-      ``J_b^T e``; a jvp pushes it through side a. Time ``~ N_b O_b F + N_a N_b O_b F``, memory
-      ``O_b P`` per chunk of side-b examples (``chunk_size``). Wins when ``O`` is large (big
-      vocabularies, many positions): it avoids the ``O_a O_b P`` contraction, a factor ``~O_a`` less
-      arithmetic for dense nets, and it is the lighter one in memory.
+      ``J_b^T e``; a jvp pushes it through side a. Time ``4 F N_b O_b + 2 c F N_a N_b O_b``, where
+      ``c ~ 3`` is the price of many small vmapped products against one large matrix product;
+      memory ``O_b P`` per chunk of side-b examples (``chunk_size``). Avoids the ``O_a O_b P``
+      contraction and is the lighter one in memory.
+    - ``STRUCTURED``: structured derivatives (Novak et al. 2022, *Fast Finite Width Neural Tangent
+      Kernel*). ``fn`` is traced once into an aten graph (about 5 ms plus 1 ms per op) and the
+      kernel is assembled parameter by parameter from each layer's structure instead of from
+      Jacobians. A linear map ``y = W x`` used at ``S`` positions contributes the Gram matrix of its
+      inputs times the Gram matrix of its output cotangents,
+      ``sum_{s,t} (x_s(a) . x_t(b)) (delta_s(a) . delta_t(b))``: ``N_a N_b O_a O_b d_out`` for
+      ``S = 1`` against ``N_a N_b O_a O_b d_in d_out`` for its Jacobians, and
+      ``N_a N_b (S^2 d_in + c' (O S^2 + O^2 S) d_out)`` for ``S > 1`` (``c' ~ 4``: small products).
+      Likewise attention's query/key/value/output maps, weights tied across positions or layers
+      (their positions add up), embeddings and row lookups (index equality instead of the input
+      Gram; a padding index contributes nothing) and biases (an all-ones input Gram; a bias added
+      to a linear map's output shares its cotangents, so it costs only ``N_a N_b S^2``). Norm
+      scales and any parameter used in another way are contracted from their own Jacobians
+      (``N_a O_a N_b O_b P_p``, cheap for vectors), or by ``vjp_jvp`` restricted to them when
+      that is cheaper. Per parameter the cheaper of the Gram and the Jacobian contraction is
+      taken. Plus ``2 F (N_a O_a + N_b O_b)`` for the reverse passes that give the cotangents.
+      Memory: chunked over examples within about 1 GiB for the cotangents and 256 MiB for the
+      contraction's temporaries, plus the kernel. ``fn`` must be traceable by
+      ``torch.fx.experimental.proxy_tensor.make_fx`` (a vmap-compatible function of torch ops is);
+      if it is not, a warning is issued and ``vjp_jvp`` is used.
+    - ``AUTO``: the cheapest of the three by this model (:func:`plan_entk` says which and why).
+      ``fn`` is traced only if the problem costs more than tracing; once traced, the tracing counts
+      as paid. ``JACOBIAN`` only if its Jacobians fit in 4 GiB.
     - ``LOOP``: one ``torch.autograd.grad`` backward pass per (example, logit), then the dot products
       of the stacked gradients. The plain reference; it needs neither vmap nor forward-mode AD, and
       is slow.
 
-    Both torch.func implementations first drop the parameters that one side never reaches (read from
+    The torch.func implementations first drop the parameters that one side never reaches (read from
     the autograd graph of one example): across the branches of a two-head model only the shared
     trunk is contracted. ``LOOP`` keeps every parameter, so it also checks that pruning.
+
+    Agreement: the reverse-mode implementations (``JACOBIAN``, ``STRUCTURED``, ``LOOP``) agree to
+    float64 rounding. ``VJP_JVP`` differentiates side a in forward mode, which differs from reverse
+    mode in two places: where ``fn`` computes in lower precision (transformers' Llama RMSNorm
+    casts to float32 inside a float64 model) its tangents are rounded there; and an embedding's
+    ``padding_idx`` row, which reverse mode gives no gradient, still moves side a's output in
+    forward mode, so with a padding id in ``xs_a`` and a padding row that the side-b tangent
+    reaches (e.g. a tied output head) ``VJP_JVP`` differs from the others.
     """
 
     JACOBIAN = "jacobian"
     VJP_JVP = "vjp_jvp"
     LOOP = "loop"
+    STRUCTURED = "structured"
+    AUTO = "auto"
+
+
+# Jacobians larger than this are never chosen by ``implementation="auto"``.
+JACOBIAN_MEMORY_LIMIT_BYTES = 4 << 30
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,7 +360,8 @@ def _entk_jacobian(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, same, c
     return _from_matrix(k2, n_a, out_a, n_b, out_b)
 
 
-def _entk_vjp_jvp(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, chunk_size):
+def _vjp_jvp_matrix(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, chunk_size) -> torch.Tensor:
+    """The kernel as a matrix ``(N_a O_a, N_b O_b)`` (a transposed view) by vjp/jvp products."""
     o_a, o_b = math.prod(out_a), math.prod(out_b)
     k2 = _zeros(active, n_b * o_b, n_a * o_a)
 
@@ -331,7 +379,7 @@ def _entk_vjp_jvp(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, chunk_si
         tangents = _jacobians(f_b, active, _slice(xs_b, start, stop), None)
         tangents = {n: t.reshape(-1, *active[n].shape) for n, t in tangents.items()}
         k2[start * o_b : stop * o_b] = vmap(push)(tangents).reshape(-1, n_a * o_a)
-    return _from_matrix(k2.T, n_a, out_a, n_b, out_b)
+    return k2.T
 
 
 def _zeros(active: dict, rows: int, cols: int) -> torch.Tensor:
@@ -387,8 +435,11 @@ def entk(
     traced or averaged. ``blocks`` restricts the sum over parameters (names or a predicate); the rest
     is held fixed. ``implementation``: see :class:`Implementation` (all agree to rounding).
     ``chunk_size`` bounds memory: for ``"vjp_jvp"`` the side-b examples processed at once (default 1),
-    for ``"jacobian"`` the output basis vectors per backward batch (default all). The result carries
-    no graph. Raises ValueError/TypeError on bad input before any Jacobian is formed.
+    for ``"jacobian"`` the output basis vectors per backward batch (default all), for
+    ``"structured"`` the examples per side whose cotangents are held at once (default: as many as
+    fit in about 1 GiB). ``"auto"`` picks by the cost model of :class:`Implementation`
+    (:func:`plan_entk` says which). The result carries no graph. Raises ValueError/TypeError on bad
+    input before any Jacobian is formed.
 
     Shapes: ``params`` dict name -> tensor; ``xs_a`` ``(N_a, ...)``; ``xs_b`` ``(N_b, ...)``.
 
@@ -410,37 +461,255 @@ def entk(
     True
     """
     impl = _implementation(implementation)
-    same = fn_b is None or fn_b is fn_a
-    same = same and (xs_b is None or xs_b is xs_a)
-    fn_b = fn_a if fn_b is None else fn_b
-    xs_b = xs_a if xs_b is None else xs_b
-    if not callable(fn_a) or not callable(fn_b):
-        raise TypeError("fn_a and fn_b must be callables fn(params, x) -> logits")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    n_a = _batch_size(xs_a, "xs_a")
-    n_b = _batch_size(xs_b, "xs_b")
-    active, frozen = select_params(params, blocks)
-    f_a, f_b = _bind(fn_a, frozen), _bind(fn_b, frozen)
-    out_a = _out_shape(f_a, active, xs_a, "fn_a")
-    out_b = out_a if same else _out_shape(f_b, active, xs_b, "fn_b")
+    call = _prepare(fn_a, fn_b, params, xs_a, xs_b, blocks, chunk_size)
     if impl is Implementation.LOOP:
         with torch.enable_grad():
-            return _entk_loop(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, same)
-    # parameters that one side never reaches contribute zero (e.g. the other branch's head): drop them
-    live = _reached(f_a, active, _index(xs_a, 0))
-    live &= live if same else _reached(f_b, active, _index(xs_b, 0))
-    if not live:
-        return _from_matrix(
-            _zeros(active, n_a * math.prod(out_a), n_b * math.prod(out_b)), n_a, out_a, n_b, out_b
-        )
-    frozen = {**frozen, **{n: v for n, v in active.items() if n not in live}}
-    active = {n: v for n, v in active.items() if n in live}
-    f_a, f_b = _bind(fn_a, frozen), _bind(fn_b, frozen)
+            return _entk_loop(*call.loop_args())
+    call.prune()
+    if not call.active:
+        return call.kernel(_zeros(call.params_ref, call.rows, call.cols))
     with torch.no_grad():
+        plan = sides = None
+        if impl is Implementation.AUTO:
+            impl, plan, _, sides, _ = _auto(call)
+        elif impl is Implementation.STRUCTURED:
+            sides, note = call.trace()
+            if sides is None:
+                warnings.warn(
+                    f"structured eNTK: fn could not be traced ({note}); using vjp_jvp instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                impl = Implementation.VJP_JVP
+            else:
+                plan = _structured.make_plan(*sides, call.active, call.same)
+        if impl is Implementation.STRUCTURED:
+            try:
+                k2 = _structured.structured_matrix(
+                    *sides, call.active, plan, call.same, chunk_size, call.vjp_jvp_on
+                )
+                return call.kernel(k2)
+            except _structured.TraceError as err:
+                raise ValueError(f"structured eNTK: {err}") from None
+            except _structured.GraphRunError as err:
+                warnings.warn(
+                    f"structured eNTK: the traced graph of fn could not be differentiated ({err}); "
+                    "using vjp_jvp instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                impl = Implementation.VJP_JVP
         if impl is Implementation.JACOBIAN:
-            return _entk_jacobian(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, same, chunk_size)
-        return _entk_vjp_jvp(f_a, f_b, active, xs_a, xs_b, n_a, n_b, out_a, out_b, chunk_size)
+            return _entk_jacobian(*call.func_args(), call.same, chunk_size)
+        return call.kernel(_vjp_jvp_matrix(*call.func_args(), chunk_size))
+
+
+class _Call:
+    """The checked arguments of one :func:`entk` call."""
+
+    def __init__(self, fn_a, fn_b, params, xs_a, xs_b, blocks, chunk_size) -> None:
+        same = fn_b is None or fn_b is fn_a
+        self.same = same and (xs_b is None or xs_b is xs_a)
+        self.fn_a = fn_a
+        self.fn_b = fn_a if fn_b is None else fn_b
+        self.xs_a = xs_a
+        self.xs_b = xs_a if xs_b is None else xs_b
+        if not callable(self.fn_a) or not callable(self.fn_b):
+            raise TypeError("fn_a and fn_b must be callables fn(params, x) -> logits")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+        self.n_a = _batch_size(self.xs_a, "xs_a")
+        self.n_b = _batch_size(self.xs_b, "xs_b")
+        self.active, self.frozen = select_params(params, blocks)
+        self.params_ref = dict(self.active)
+        self._bind()
+        self.out_a = _out_shape(self.f_a, self.active, self.xs_a, "fn_a")
+        self.out_b = self.out_a if self.same else _out_shape(self.f_b, self.active, self.xs_b, "fn_b")
+        self.o_a, self.o_b = math.prod(self.out_a), math.prod(self.out_b)
+        self.rows, self.cols = self.n_a * self.o_a, self.n_b * self.o_b
+
+    def _bind(self) -> None:
+        self.f_a, self.f_b = _bind(self.fn_a, self.frozen), _bind(self.fn_b, self.frozen)
+
+    def loop_args(self) -> tuple:
+        return (
+            self.f_a,
+            self.f_b,
+            self.active,
+            self.xs_a,
+            self.xs_b,
+            self.n_a,
+            self.n_b,
+            self.out_a,
+            self.out_b,
+            self.same,
+        )
+
+    def func_args(self) -> tuple:
+        return self.loop_args()[:-1]
+
+    def prune(self) -> None:
+        """Drop the parameters that one side never reaches (they contribute zero)."""
+        live = _reached(self.f_a, self.active, _index(self.xs_a, 0))
+        if not self.same:
+            live &= _reached(self.f_b, self.active, _index(self.xs_b, 0))
+        self.frozen = {**self.frozen, **{n: v for n, v in self.active.items() if n not in live}}
+        self.active = {n: v for n, v in self.active.items() if n in live}
+        self._bind()
+
+    def kernel(self, k2: torch.Tensor) -> torch.Tensor:
+        return _from_matrix(k2, self.n_a, self.out_a, self.n_b, self.out_b)
+
+    def trace(self) -> tuple[tuple | None, str]:
+        """Both sides traced for the structured implementation, or None and the reason."""
+        try:
+            a = _structured.Side(
+                self.f_a,
+                self.xs_a,
+                self.n_a,
+                self.o_a,
+                _structured.trace(self.f_a, self.active, _index(self.xs_a, 0)),
+            )
+            if self.same:
+                b = a
+            elif self.fn_b is self.fn_a and _structured.same_structure(self.xs_a, self.xs_b):
+                b = _structured.Side(self.f_b, self.xs_b, self.n_b, self.o_b, a.traced)  # one graph
+            else:
+                b = _structured.Side(
+                    self.f_b,
+                    self.xs_b,
+                    self.n_b,
+                    self.o_b,
+                    _structured.trace(self.f_b, self.active, _index(self.xs_b, 0)),
+                )
+        except _structured.TraceError as err:
+            return None, str(err)
+        return (a, b), ""
+
+    def vjp_jvp_on(self, names: list[str]) -> torch.Tensor:
+        """The kernel matrix over the parameters ``names`` only, by vjp/jvp."""
+        sub = {n: self.active[n] for n in names}
+        frozen = {**self.frozen, **{n: v for n, v in self.active.items() if n not in sub}}
+        f_a, f_b = _bind(self.fn_a, frozen), _bind(self.fn_b, frozen)
+        return _vjp_jvp_matrix(
+            f_a, f_b, sub, self.xs_a, self.xs_b, self.n_a, self.n_b, self.out_a, self.out_b, None
+        )
+
+
+def _prepare(fn_a, fn_b, params, xs_a, xs_b, blocks, chunk_size) -> _Call:
+    return _Call(fn_a, fn_b, params, xs_a, xs_b, blocks, chunk_size)
+
+
+def _auto(call: _Call):
+    """``(implementation, plan, costs, sides, note)`` for ``"auto"``: ``fn`` is traced only when the
+    untraced estimates of the other implementations exceed the price of tracing."""
+    impl, plan, costs = _choose(call, None)
+    if min(costs.values()) < _structured.TRACE_FIXED_MACS:
+        return impl, plan, costs, None, "not traced: the problem is smaller than the price of tracing"
+    sides, note = call.trace()
+    impl, plan, costs = _choose(call, sides)
+    return impl, plan, costs, sides, note
+
+
+def _choose(call: _Call, sides: tuple | None):
+    """``(implementation, structured plan or None, estimated multiply-adds per implementation)``."""
+    n_p = sum(v.numel() for v in call.active.values())
+    if sides is None:  # no graph: a dense net on one position, F ~ P, a few ops per parameter tensor
+        macs_a = macs_b = float(n_p)
+        ops = 4 * len(call.active)
+    else:
+        macs_a, macs_b = sides[0].traced.macs, sides[1].traced.macs
+        ops = max(sides[0].traced.ops, sides[1].traced.ops)
+    costs = {
+        Implementation.JACOBIAN: _structured.jacobian_cost(
+            call.rows, call.cols, n_p, macs_a, macs_b, ops, call.same
+        )
+    }
+    if 8 * (call.rows + (0 if call.same else call.cols)) * n_p > JACOBIAN_MEMORY_LIMIT_BYTES:
+        costs[Implementation.JACOBIAN] = math.inf
+    costs[Implementation.VJP_JVP] = _structured.vjp_jvp_cost(
+        call.n_a, call.n_b, call.o_b, macs_a, macs_b, ops
+    )
+    plan = None
+    costs[Implementation.STRUCTURED] = math.inf
+    if sides is not None:
+        plan = _structured.make_plan(*sides, call.active, call.same)
+        costs[Implementation.STRUCTURED] = plan.cost
+    # once fn is traced, the tracing is paid whatever is chosen
+    sunk = {Implementation.STRUCTURED: plan.parts["tracing"]} if plan is not None else {}
+    best = min(costs, key=lambda k: costs[k] - sunk.get(k, 0.0))
+    return best, plan, costs
+
+
+@dataclass(frozen=True)
+class EntkPlan:
+    """What ``implementation="auto"`` does for one call (from :func:`plan_entk`).
+
+    ``implementation``: the chosen one; ``costs``: the estimated multiply-adds of each candidate
+    (``inf`` where not applicable); ``modes``: for the structured implementation, per parameter
+    ``"gram"`` (Gram contraction of layer inputs and output cotangents), ``"dense"`` (its own
+    Jacobian, contracted) or ``"vjp_jvp"`` (the fall-back); ``note``: why ``fn`` could not be
+    traced, if it could not.
+    """
+
+    implementation: Implementation
+    costs: dict[str, float]
+    modes: dict[str, str]
+    note: str = ""
+
+    def summary(self) -> str:
+        """One line: the choice and the estimated costs, e.g. for a benchmark's report."""
+        costs = ", ".join(f"{k} {v:.3g}" for k, v in self.costs.items())
+        counts = {m: sum(1 for v in self.modes.values() if v == m) for m in sorted(set(self.modes.values()))}
+        modes = f"; structured parameters: {counts}" if counts else ""
+        note = f"; not traced: {self.note}" if self.note else ""
+        return f"auto -> {self.implementation.value} (estimated multiply-adds: {costs}{modes}{note})"
+
+
+def plan_entk(
+    fn_a: LogitsFn,
+    fn_b: LogitsFn | None,
+    params: Params,
+    xs_a: Any,
+    xs_b: Any = None,
+    *,
+    blocks: Blocks = None,
+    implementation: Implementation | str = Implementation.AUTO,
+) -> EntkPlan:
+    """What :func:`entk` would do, and why, without computing the kernel (see
+    :class:`Implementation` for the cost model).
+
+    ``implementation="auto"``: the implementation it picks (``fn`` is traced only if the problem is
+    larger than the price of tracing). ``implementation="structured"``: ``fn`` is traced and the
+    plan's per-parameter ``modes`` are given (``vjp_jvp`` is reported if ``fn`` cannot be traced).
+
+    >>> import torch
+    >>> g = torch.Generator().manual_seed(0)
+    >>> p = {"w1": torch.randn(64, 8, generator=g, dtype=torch.float64),
+    ...      "b1": torch.randn(64, generator=g, dtype=torch.float64),
+    ...      "w2": torch.randn(16, 64, generator=g, dtype=torch.float64)}
+    >>> fn = lambda p, x: p["w2"] @ torch.tanh(p["w1"] @ x + p["b1"])
+    >>> xs = torch.randn(8, 8, generator=g, dtype=torch.float64)
+    >>> plan_entk(fn, None, p, xs, implementation="structured").modes
+    {'w1': 'gram', 'b1': 'gram', 'w2': 'gram'}
+    >>> plan_entk(fn, None, p, xs[:2]).implementation.value   # too small to be worth tracing
+    'jacobian'
+    """
+    impl = _implementation(implementation)
+    if impl not in (Implementation.AUTO, Implementation.STRUCTURED):
+        raise ValueError(f"plan_entk: implementation must be 'auto' or 'structured', got {implementation!r}")
+    call = _prepare(fn_a, fn_b, params, xs_a, xs_b, blocks, None)
+    call.prune()
+    if not call.active:
+        return EntkPlan(Implementation.JACOBIAN, {}, {}, "no selected parameter reaches both sides")
+    with torch.no_grad():
+        if impl is Implementation.AUTO:
+            impl, plan, costs, _, note = _auto(call)
+        else:
+            sides, note = call.trace()
+            impl, plan, costs = _choose(call, sides)
+            impl = Implementation.STRUCTURED if sides is not None else Implementation.VJP_JVP
+    return EntkPlan(impl, {k.value: v for k, v in costs.items()}, dict(plan.modes) if plan else {}, note)
 
 
 def _implementation(implementation: Implementation | str) -> Implementation:

@@ -27,8 +27,12 @@ def test_bench_entk_quick_prints_ratio_and_difference():
     proc = _run("--quick")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    for name in ("loop (reference)", "torch.func jacobian", "torch.func vjp_jvp"):
+    for name in ("loop (reference)", "torch.func jacobian", "torch.func vjp_jvp", "torch.func structured"):
         assert name in out
+    for case in "abc":
+        assert re.search(rf"auto on \({case}\): (jacobian|vjp_jvp|structured)", out), out
+    assert re.search(r"structured vs vjp_jvp on \(b\): [0-9.]+x faster", out)
+    assert re.search(r"memory: full kernel of .* peak resident memory [0-9.]+ GB", out)
     ratio = re.search(r"speed ratio \(loop / fastest torch.func\): ([0-9.]+)x", out)
     diff = re.search(r"max abs difference: ([0-9.e+-]+)", out)
     assert ratio and float(ratio.group(1)) > 0
@@ -40,3 +44,5 @@ def test_bench_entk_help_and_bad_arguments():
     assert proc.returncode == 0 and "--quick" in proc.stdout and "--width" in proc.stdout
     bad = _run("--n", "0")
     assert bad.returncode == 2 and "--n must be >= 1" in bad.stderr
+    bad = _run("--cases", "ax")
+    assert bad.returncode == 2 and "--cases must be letters out of 'abc', got 'ax'" in bad.stderr
