@@ -35,10 +35,11 @@ def _pm(v, scale: float = 100.0) -> str:
 
 def plot_phase_diagram(rows: Mapping[str, Mapping[str, Mapping]], couplings: Sequence[str], judges: Sequence[str],
                        *, title: str, win_key: str | None = None, caption: str = "",
-                       missing: Mapping[str, str] | None = None):
+                       missing: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None):
     """One cell per (coupling, judge): the phase as colour, the change beyond the control of Gen
     accuracy and of the false-positive rate (points, mean ± s.e.) and, with ``win_key``, the final
-    win rate. A coupling without a row is drawn hatched with its reason from ``missing``."""
+    win rate. A coupling without a row is drawn hatched with its reason from ``missing``; ``labels``
+    replace the couplings' tick labels."""
     from matplotlib.patches import Patch, Rectangle
 
     plt = pyplot()
@@ -60,7 +61,7 @@ def plot_phase_diagram(rows: Mapping[str, Mapping[str, Mapping]], couplings: Seq
     ax.set_xlim(0, len(judges))
     ax.set_ylim(len(couplings), 0)
     ax.set_xticks([j + 0.5 for j in range(len(judges))], list(judges), fontsize=8)
-    ax.set_yticks([i + 0.5 for i in range(len(couplings))], list(couplings), fontsize=8)
+    ax.set_yticks([i + 0.5 for i in range(len(couplings))], [(labels or {}).get(c, c) for c in couplings], fontsize=8)
     ax.set_xlabel("judge", fontsize=8)
     ax.set_ylabel("coupling", fontsize=8)
     ax.tick_params(length=0)

@@ -311,8 +311,14 @@ def draw_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
                f"{len(s['worlds'])} worlds x seeds); phase from one-sided paired t tests at alpha = {s['alpha']}, "
                f"'no transfer' by TOST within ±{100 * s['fp_margin']:g} points of FP. FP: the understanding's "
                f"false-positive rate on the pre-trained model's samples.")
+    labels = None
+    if "predicted" in s:  # the cross-kernel prediction made before training, under each coupling's name
+        labels = {c: f"{c}\ncos(ΔU, ΔG) {p['alignment'][0]:+.2f}" for c, p in s["predicted"].items()
+                  if p.get("alignment") and p["alignment"][0] == p["alignment"][0]}
+        caption += (" cos(ΔU, ΔG): alignment of the understanding and generation changes the cross-branch kernel "
+                    "predicts over probes before training (first world, one epoch of the self judge).")
     fig = plot_phase_diagram(s["rows"], plot["couplings"], plot["judges"], win_key="exact_win_rate", caption=caption,
-                             title=f"{plot['scale']}: coupling x judge quality (SFT, self-judged CLO)")
+                             labels=labels, title=f"{plot['scale']}: coupling x judge quality (SFT, self-judged CLO)")
     return finish(fig, out_dir, result)
 
 

@@ -161,13 +161,20 @@ def corrupt_scan(size: SimSize, ps: Sequence[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 
 
 def phase_diagram(size: SimSize, *, couplings: Sequence[str] = COUPLINGS,
                   judges: Sequence[str] = ("self", "oracle", "corrupt:0.6"), worlds: Sequence[int] = (0, 1),
-                  alpha: float = 0.01) -> dict:
+                  alpha: float = 0.01, predict: bool = True) -> dict:
     """Coupling x judge quality: for each coupling of the understanding to the generation branch
     (:data:`dynamics.protocol.COUPLINGS`) and each judge, the change of Gen accuracy, of the
     understanding's false-positive rate on the pre-trained samples, of Non and the win rate, beyond
     the unfiltered control run from the same pre-trained models (``size.seeds`` replicas in each of
     ``worlds``), and the arm's phase (:func:`dynamics.study.phase_of`: co-improvement, drift, no
     transfer, co-degradation or undetermined, one-sided tests at ``alpha``).
+
+    ``predict``: per coupling, the cross-branch kernel's prediction made before training
+    (:func:`dynamics.transfer.sim_transfer`, on the first world's pre-trained replicas, one epoch of
+    the self judge): the alignment of the induced understanding and generation changes over probes,
+    the sign agreement of predicted and measured ``Delta log P(yes)``, the predicted and measured mean
+    change on the pre-trained understanding's false positives, and the Bayes-link Spearman before
+    and after (``summary["predicted"]``).
 
     (Example in the module docstring.)
     """
@@ -178,9 +185,24 @@ def phase_diagram(size: SimSize, *, couplings: Sequence[str] = COUPLINGS,
     rows = {c: {j: ph.to_dict() for j, ph in by_judge.items()} for c, by_judge in table.items()}
     summary = {"size": _size(size), "worlds": list(worlds), "alpha": alpha, "fp_margin": PHASE_FP_MARGIN,
                "control": "all", "rows": rows}
+    if predict:
+        summary["predicted"] = {c: _transfer_prediction(dataclasses.replace(size, world_seed=int(worlds[0])), c)
+                                for c in couplings}
     return {"name": "fig_phase_diagram", "summary": summary,
             "plot": {"couplings": list(couplings), "judges": list(judges), "scale": "simulator",
                      "keys": {"gen": "exact_gen_acc", "fp": "exact_pre_fp_rate"}}}
+
+
+def _transfer_prediction(size: SimSize, coupling: str) -> dict:
+    """The cross-kernel predictor's summary for one coupling (see :func:`phase_diagram`)."""
+    from dynamics.transfer import sim_transfer
+
+    world, m0 = pretrained(size, coupling=coupling)
+    t = sim_transfer(world, m0, size.config(judge="self", epochs=1), seed=size.seed)["summary"]
+    fp = t["by_kind"].get("fp", {})
+    keys = ("alignment", "sign_agreement", "bayes_before_spearman", "bayes_after_spearman")
+    return {**{k: t[k] for k in keys if k in t}, "sign_n": t["sign_n"],
+            "fp_pred_delta_u": fp.get("pred_delta_u"), "fp_delta_u": fp.get("delta_u")}
 
 
 def curriculum(size: SimSize, *, candidates: int = 1, replay_epochs: Sequence[int] | None = None) -> dict:
