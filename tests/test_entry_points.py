@@ -62,6 +62,9 @@ def test_sim_clo_smoke_writes_every_record(tmp_path):
     assert {"epoch", "gen_acc", "und_fp_rate", "und_fn_rate", "non_unification", "win_rate", "win_rate_n",
             "sft_size", "discard_size", "seed"} <= set(lines[0])
     assert len(lines) == 2 * 3
+    link = json.loads((out / "bayes_link.json").read_text())  # the distance from the Bayes link, per seed
+    assert len(link["before"]) == len(link["after"]) == 2 and link["after"][0]["n"] == 16 * 16
+    assert -1.0 <= link["after"][1]["spearman"] <= 1.0
 
 
 def test_full_clo_janus_tiny_smoke(tmp_path):
@@ -203,7 +206,8 @@ def test_toy_main_path_runs_end_to_end_on_a_tiny_model(tmp_path, capsys):
                          "--eval-candidates", "2", "--judge", "all", "--curriculum", "off", "--no-gap-check",
                          "--coupling", coupling, "--cache-dir", tmp_path / "cache"], out)
         assert [r["epoch"] for r in recs] == [0, 1]
-        for name in ("summary.txt", "curves.png", "samples_before.png", "samples_after.png", "metrics.jsonl"):
+        for name in ("summary.txt", "curves.png", "samples_before.png", "samples_after.png", "metrics.jsonl",
+                     "bayes_link.json"):
             assert (out / name).exists(), name
         assert "tag:counting" in (out / "summary.txt").read_text()
         info = json.loads((out / "config.json").read_text())["run"]

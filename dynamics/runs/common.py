@@ -42,3 +42,24 @@ def finish(records: list[dict], out: Path, *, title: str, stream=None) -> str:
     (Path(out) / "summary.txt").write_text(title + "\n" + table + "\n")
     plot_curves({title: records}, Path(out) / "curves.png", title=title)
     return table
+
+
+def write_bayes_link(out: Path, before: list[dict], after: list[dict], *, stream=None) -> Path:
+    """Write the distance from the Bayes link before and after CLO (:func:`dynamics.transfer.bayes_link`,
+    one dict per replica) as ``bayes_link.json`` in ``out`` and print one line of it."""
+    import json
+
+    from dynamics.records import to_jsonable
+    from dynamics.study import mean_se
+
+    path = Path(out) / "bayes_link.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable({"before": before, "after": after}), indent=1) + "\n")
+
+    def show(links):
+        m, se, n = mean_se(link["spearman"] for link in links)
+        return f"{m:.3f}" + (f" ± {se:.3f}" if n > 1 else "")
+
+    print(f"distance from the Bayes link (Spearman of log P(yes) against the generator's posterior log pi(y | x)): "
+          f"{show(before)} before -> {show(after)} after ({path.name})", file=stream or sys.stdout)
+    return path

@@ -17,7 +17,7 @@ import torch
 
 from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.runs.common import clean_errors, default_out, finish
+from dynamics.runs.common import clean_errors, default_out, finish, write_bayes_link
 from dynamics.sim.model import COUPLINGS
 
 __all__ = ["build", "build_parser", "main"]
@@ -89,7 +89,11 @@ def _run(args, cfg, out, alarm=None) -> list[dict]:
             "world_seed": args.world_seed, "coupling": args.coupling,
             "gap": args.gap, "pretrain_steps": args.pretrain_steps, "track_every": args.track_every,
             "probes": args.probes, "float64": args.float64, "pretrain_metrics": pre}
+    from dynamics.transfer import sim_bayes_link
+
+    link_before = sim_bayes_link(model)
     result = run_clo(model, cfg, external=world.oracle, out_dir=str(out), resume=args.resume,
                      hooks=hooks_for(args, world, model, cfg), run_info=info, on_epoch=alarm)
+    write_bayes_link(out, link_before, sim_bayes_link(model))
     finish(result.metrics, out, title=f"simulator: judge={cfg.judge} loss={cfg.loss} coupling={args.coupling}")
     return result.metrics

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.runs.common import finish
+from dynamics.runs.common import finish, write_bayes_link
 
 __all__ = ["run_toy", "toy_model"]
 
@@ -40,6 +40,7 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
     ``alarm``, e.g. :class:`dynamics.alarm.EpochAlarm`, as ``on_epoch``), sample grids before and
     after; then the summary table and curves of all seeds. Returns the records."""
     from dynamics.toy import render
+    from dynamics.transfer import fixed_samples, toy_bayes_link
 
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
     t0 = time.perf_counter()
@@ -57,8 +58,11 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
                 "bayes_offset": getattr(model, "offset", None),
                 "pretrain": {k: v for k, v in model.pretrain_info.items() if k != "loss_curve"},
                 "gap_report": gap, "train_on": args.train_on}
+        link_samples = fixed_samples(model, per_prompt=2, seed=s)  # the same pairs before and after
+        link_before = toy_bayes_link(model, samples=link_samples)
         result = run_clo(model, dataclasses.replace(cfg, seed=s), external=world.external_judge(), train_ids=ids,
                          out_dir=str(run_dir), resume=args.resume, run_info=info, on_epoch=alarm)
+        write_bayes_link(run_dir, link_before, toy_bayes_link(model, samples=link_samples))
         after = model.sample(show, 6, seed=s)
         judge = world.external_judge()
         for name, imgs in (("before", before), ("after", after)):
