@@ -249,9 +249,16 @@ class SimModel(nn.Module):
         """The generation branch: the shared trunk and embeddings and the token bias."""
         return {**{k: p[f"shared.{k}"] for k in SHARED_KEYS}, "bias": p["gen_head.bias"]}
 
+    def _all_prompts(self, prompt_ids) -> bool:
+        """Whether ``prompt_ids`` is ``0, 1, ..., P - 1`` (whole tables then need no gathers)."""
+        return prompt_ids.numel() == self.num_prompts and torch.equal(
+            prompt_ids, torch.arange(self.num_prompts, device=prompt_ids.device))
+
     def _prompt_embed(self, t, prompt_ids):
         """``(R, B, D)`` prompt embeddings."""
         fy, _ = self._features(t["w1"].dtype)
+        if self._all_prompts(prompt_ids):  # every row in order: the same numbers without a gather
+            return torch.einsum("bf,rfd->rbd", fy, t["prompt_proj"]) + self.memory * t["prompt_emb"]
         return torch.einsum("bf,rfd->rbd", fy[prompt_ids], t["prompt_proj"]) + self.memory * t["prompt_emb"][:, prompt_ids]
 
     def _token_embed(self, t):
@@ -286,8 +293,16 @@ class SimModel(nn.Module):
         """``(R, B, K)`` logit of ``P(yes)`` for ``tokens`` ``(R, B, K)`` and their prompts
         (``tokens=None``: every token, ``(R, B, V)``)."""
         t = self._und_view(p)
-        if tokens is None and self.understanding == "bayes":
-            tokens = torch.arange(self.num_tokens, device=prompt_ids.device).expand(self.replicas, len(prompt_ids), -1)
+        if tokens is None and self.understanding == "bayes":  # the full table, without per-token gathers
+            all_ids = torch.arange(self.num_prompts, device=prompt_ids.device)
+            logp = torch.log_softmax(self._gen_logits(t, all_ids), dim=-1)  # (R, P, V)
+            log_marg = torch.logsumexp(logp, dim=1)  # (R, V)
+            own = logp if self._all_prompts(prompt_ids) else logp[:, prompt_ids]
+            # a gather, not a broadcast: its backward sums over the prompts one after another, as the
+            # gather of the general path below does (a broadcast's backward sums in another order)
+            rows = torch.zeros((), dtype=torch.long, device=prompt_ids.device).expand(*own.shape)
+            pmi = own - torch.gather(log_marg[:, None, :], 1, rows) + math.log(self.num_prompts)
+            return self.bayes_scale * (pmi - self.bayes_offset)
         if self.understanding == "bayes":
             pmi = self._posterior_logp(t, prompt_ids, tokens) + math.log(self.num_prompts)
             return self.bayes_scale * (pmi - self.bayes_offset)

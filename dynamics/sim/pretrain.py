@@ -127,13 +127,17 @@ def pretrain(world, model, *, steps: int = 200, gap: float = 0.3, seed: int = 0,
     norm = (pos_weight * pos + neg).sum((1, 2), keepdim=True).clamp_min(1)
     w_pos = pos_weight * pos / norm
     w_neg = neg / norm
+    # pos and neg are disjoint, so w_pos softplus(-logit) + w_neg softplus(logit) is one softplus of
+    # the signed logit: the same numbers (and gradients), half the work
+    weight = w_pos + w_neg
+    sign = torch.where(pos > 0, -1.0, 1.0).to(pos.dtype)
     all_ids = torch.arange(P, device=device)
     target = data["gen_target"].to(device, model.prompt_features.dtype)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
         logit = model.und_logit(all_ids)  # (R, P, V): the full table
-        und_loss = (w_pos * torch.nn.functional.softplus(-logit) + w_neg * torch.nn.functional.softplus(logit)).sum()
+        und_loss = (weight * torch.nn.functional.softplus(sign * logit)).sum()
         gen_loss = -(target * torch.log_softmax(model.gen_logits(all_ids), -1)).sum(-1).mean(-1).sum()
         (und_loss + gen_weight * gen_loss).backward()
         opt.step()
