@@ -50,6 +50,7 @@ import torch
 from torch.func import jacrev, jvp, vjp, vmap
 
 from dynamics import _structured
+from dynamics._structured import _slice  # slicing a batch (tensor, tuple/list or dict): one definition
 
 __all__ = [
     "EntkPlan",
@@ -248,14 +249,6 @@ def _batch_size(xs: Any, where: str) -> int:
     if n == 0:
         raise ValueError(f"{where} is an empty batch")
     return n
-
-
-def _slice(xs: Any, start: int, stop: int) -> Any:
-    if isinstance(xs, torch.Tensor):
-        return xs[start:stop]
-    if isinstance(xs, (tuple, list)):
-        return type(xs)(_slice(x, start, stop) for x in xs)
-    return {k: _slice(x, start, stop) for k, x in xs.items()}
 
 
 def _index(xs: Any, i: int) -> Any:
