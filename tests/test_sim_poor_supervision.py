@@ -33,7 +33,7 @@ Claims:
 import pytest
 import torch
 
-from dynamics.sim.study import SimSize, world_arms
+from dynamics.sim.study import SimSize, coupling_arms
 from dynamics.study import phase_of
 from dynamics.study.claims import Claim, robust, summary_lines
 from dynamics.study.phase import PHASE_FP_MARGIN
@@ -49,12 +49,7 @@ PERTURBATION = 1e-6  # as in test_sim_findings: before pre-training, another CPU
 
 
 def _arms(perturbation: float) -> dict:
-    out = {}
-    for c, judges in JUDGES.items():
-        for judge, recs in world_arms(SIZE, judges, worlds=WORLDS, coupling=c, perturbation=perturbation,
-                                      perturb_at="init").items():
-            out[f"{c}/{judge}"] = recs
-    return out
+    return coupling_arms(SIZE, JUDGES, worlds=WORLDS, perturbation=perturbation, perturb_at="init")
 
 
 @pytest.fixture(scope="module")

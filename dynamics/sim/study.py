@@ -52,6 +52,7 @@ __all__ = [
     "correction_rates",
     "corrupt_scan",
     "corrupt_scan_rows",
+    "coupling_arms",
     "curriculum_arms",
     "dominance_ratios",
     "eta_scaling",
@@ -367,6 +368,29 @@ def world_arms(
                           perturb_at=perturb_at)
         for j in judges:
             out[j] += run_arm(*base, sz.config(judge=j, **cfg_overrides), label=j, tags={"world": int(w)}).records
+    return out
+
+
+def coupling_arms(
+    size: SimSize,
+    judges: dict[str, Sequence[str]],
+    *,
+    worlds: Sequence[int] = (0,),
+    perturbation: float = 0.0,
+    perturb_at: str = "pretrained",
+    **cfg_overrides,
+) -> dict[str, list[dict]]:
+    """:func:`world_arms` for every coupling of ``judges`` ``{coupling: judge specs}``, keyed
+    ``"<coupling>/<judge>"`` (each coupling is its own architecture, pre-trained with the same recipe).
+
+    >>> sorted(coupling_arms(SimSize.tiny(epochs=1), {"tied": ["all"], "bayes": ["all"]}))
+    ['bayes/all', 'tied/all']
+    """
+    out: dict[str, list[dict]] = {}
+    for c, js in judges.items():
+        for j, recs in world_arms(size, js, worlds=worlds, coupling=c, perturbation=perturbation,
+                                  perturb_at=perturb_at, **cfg_overrides).items():
+            out[f"{c}/{j}"] = recs
     return out
 
 
