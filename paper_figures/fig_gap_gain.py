@@ -18,25 +18,25 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dynamics.runs.figures import add_sim_size_flags, sim_size
+
 OUT = Path(__file__).resolve().parent / "out"
 
 
-def parse(argv=None) -> argparse.Namespace:
+def parse(argv=None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=OUT, help="output directory")
     p.add_argument("--quick", action="store_true",
                    help="a small size for smoke tests (seconds): P = 24, 2 seeds, 4 epochs, world 0")
-    p.add_argument("--seeds", type=int, default=None, help="replicas per world; default 4, quick 2")
-    p.add_argument("--epochs", type=int, default=None, help="CLO epochs; default 20, quick 4")
-    p.add_argument("--prompts", type=int, default=None, help="P = V, prompts and image tokens; default 64, quick 24")
+    add_sim_size_flags(p)
     p.add_argument("--worlds", type=int, nargs="+", default=None, help="world seeds; default 0 1, quick 0")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the interval of the mean rho")
-    return p.parse_args(argv)
+    return p, p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
-    args = parse(argv)
+    p, args = parse(argv)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,14 +44,9 @@ def main(argv=None) -> dict:
 
     from dynamics.figures.ablations import draw_gap_gain
     from dynamics.sim.ablations import gap_gain
-    from dynamics.sim.study import SimSize
 
     torch.set_num_threads(1)
-    over = {k: v for k, v in (("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
-    if args.prompts is not None:
-        over.update(prompts=args.prompts, tokens=args.prompts)
-    size = SimSize.quick(**over) if args.quick else SimSize(**over)
-    size.validate()
+    size = sim_size(p, args)
     worlds = args.worlds or ((0,) if args.quick else (0, 1))
     result = gap_gain(size, worlds=worlds, level=args.level)
     for path in draw_gap_gain(result, args.out):

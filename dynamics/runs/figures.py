@@ -104,17 +104,26 @@ def figure_parser(name: str, default_out: str | Path, *, quick_help: str) -> arg
     return p
 
 
-def _sim_size(name: str, default_out, argv):
-    import torch
-
-    from dynamics.sim.study import SimSize
-
-    p = figure_parser(name, default_out, quick_help="a small size for smoke tests (seconds)")
+def add_sim_size_flags(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--seeds``, ``--epochs``, ``--prompts`` and ``--seed``: a simulator figure's size (read back by
+    :func:`sim_size`)."""
     p.add_argument("--seeds", type=int, default=None, help="replicas (seeds seed..seed+N-1); default 4, quick 2")
     p.add_argument("--epochs", type=int, default=None, help="CLO epochs; default 20, quick 4")
     p.add_argument("--prompts", type=int, default=None, help="P = V, prompts and image tokens; default 64, quick 24")
     p.add_argument("--seed", type=int, default=0, help="first model seed")
-    args = p.parse_args(argv)
+    return p
+
+
+def sim_size(p: argparse.ArgumentParser, args: argparse.Namespace):
+    """The :class:`~dynamics.sim.study.SimSize` of :func:`add_sim_size_flags`'s flags (``SimSize.quick``
+    under ``--quick``); a bad size is a usage error of ``p``.
+
+    >>> p = add_sim_size_flags(figure_parser("eta_slope", "out", quick_help="small"))
+    >>> sim_size(p, p.parse_args(["--quick", "--prompts", "12"])).prompts
+    12
+    """
+    from dynamics.sim.study import SimSize
+
     over = {k: v for k, v in (("seeds", args.seeds), ("epochs", args.epochs)) if v is not None}
     if args.prompts is not None:
         over.update(prompts=args.prompts, tokens=args.prompts)
@@ -124,6 +133,15 @@ def _sim_size(name: str, default_out, argv):
         size.validate()
     except ValueError as e:
         p.error(str(e))
+    return size
+
+
+def _sim_size(name: str, default_out, argv):
+    import torch
+
+    p = add_sim_size_flags(figure_parser(name, default_out, quick_help="a small size for smoke tests (seconds)"))
+    args = p.parse_args(argv)
+    size = sim_size(p, args)
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     return args, size, {}
 
