@@ -22,7 +22,7 @@ run: setup
 	$(PY) experiments/full_clo.py $(ARGS)
 
 test: setup
-	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadscope --nbmake tests dynamics notebooks $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadscope tests dynamics $(PYTEST_ARGS)
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow tests dynamics $(PYTEST_ARGS)

@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
-from tqdm.auto import tqdm
 
 from dynamics import losses as _losses
 from dynamics import metrics as _metrics
+from dynamics.full import distributed as _par
 from dynamics.judges import near_misses, parse_judge
 from dynamics.protocol import ExternalJudge, TrainBatch, UnifiedModel
 from dynamics.records import RunDir, to_jsonable, versions
+from dynamics.report import progress as progress_bar
 
 __all__ = [
     "CLOConfig",
@@ -62,7 +63,8 @@ DPO_VARIANTS = _losses.DPO_VARIANTS
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the last checkpoint is kept."""
+    """The training loss or the parameters after a step became NaN or infinite (divergence); the run
+    stops and the last good checkpoint is kept."""
 
 
 class EmptyTrainingSetError(RuntimeError):
@@ -263,7 +265,7 @@ def _map_prompts(fn: Callable[[torch.Tensor, list[int], int], dict], ids: torch.
     starts = list(range(0, len(ids), chunk))
     mine = starts[rank::world]
     parts: dict[int, dict] = {}
-    for s in tqdm(mine, desc=desc, disable=not progress or rank != 0, leave=False):
+    for s in progress_bar(mine, desc=desc, enabled=progress and rank == 0, leave=False):
         parts[s] = {k: v.cpu() for k, v in fn(ids[s : s + chunk], [_derive(x, s) for x in seeds], s).items()}
     if world > 1:
         gathered: list = [None] * world
@@ -556,7 +558,12 @@ def batch_loss(model: UnifiedModel, cfg: CLOConfig, batch: TrainBatch) -> torch.
     """The generation objective of one minibatch: the sum over replicas of each replica's mean loss
     (so every replica gets its own gradient, exactly as if trained alone)."""
     w = batch.weights
-    count = w.sum((1, 2)).clamp_min(1.0)  # (R,)
+    count = w.sum((1, 2))  # (R,)
+    _, world = _dist()
+    if world > 1:  # each rank holds a share of the batch: normalise by the whole batch's count, so that the
+        # ranks' averaged gradients equal one process's on the whole batch (a mean of share means would not)
+        count = _par.global_sum(count) / world
+    count = count.clamp_min(1.0 / world)
     if batch.kind == "sft":
         logp = model.image_logprob(batch.prompt_ids, batch.images)  # (R, B, K)
         per = -(w * logp.to(w.dtype)).sum((1, 2)) / count
@@ -625,9 +632,10 @@ def run_clo(
     train_ids = _ids(train_ids, n_prompts, "train_ids")
     eval_ids = _ids(eval_ids, n_prompts, "eval_ids")
     mode, replay_epochs, level = parse_curriculum(cfg.curriculum, cfg.epochs)
-    rank, _ = _dist()
+    rank, world = _dist()
     writer = rank == 0
     R = model.replicas
+    hooks = list(hooks)
 
     run = RunDir(out_dir) if out_dir is not None else None
     info = {"config": cfg.to_dict(), "run": run_info or {}, "versions": versions()}
@@ -636,6 +644,8 @@ def run_clo(
         if resume and run.file("config.json").exists():
             run.check_config(cfg.to_dict())
             state = run.load_state("state.pt")
+            if writer:
+                run.remove_partial_writes()
         elif not resume and run.file("state.pt").exists():
             raise FileExistsError(f"{run.path} holds a run already; pass resume=True (--resume) or a new directory")
         if writer and state is None:
@@ -646,7 +656,8 @@ def run_clo(
     scope = list(model.generation_parameters())
     if not scope:
         raise ValueError("the model's generation_parameters() is empty: nothing to train")
-    opt = _optimizer(scope, cfg)
+    opt = _optimizer(scope, cfg)  # over a sharded module's registered (sharded) parameters
+    _par.set_phase(_train_module(model), False)  # sampling and judging run on gathered parameters
     groups = _eval_groups(model, eval_ids)
     theory: list[dict] = []
 
@@ -674,48 +685,65 @@ def run_clo(
             for r in records:
                 run.append_jsonl("metrics.jsonl", r)
             run.save_tensors("data.safetensors", data.tensors())
-            _save(run, model, opt, data, eval_set, epoch=0)
+        if run is not None:
+            _save(run, model, opt, data, eval_set, epoch=0, hooks=hooks, writer=writer)
         if on_epoch:
             on_epoch(0, records)
         start = 1
     else:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        _check_world(run, state, world)
+        if state.get("sharded"):  # FSDP: each rank reads its shards
+            _par.load_sharded(run.file(state["sharded"]), _train_module(model), opt)
+        else:
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
         data = CLOData(**state["data"])
         eval_set = EvalSet(**state["eval_set"])
+        for h, hs in zip(hooks, state.get("hooks", ()), strict=False):
+            if hs is not None:
+                h.load_state_dict(hs)
         start = state["epoch"] + 1
-        run.truncate_jsonl("metrics.jsonl", lambda r: r["epoch"] < start)
-        run.truncate_jsonl("theory.jsonl", lambda r: r["epoch"] < start)
+        if writer:  # write-ahead recovery: records past the checkpoint are derived again
+            for name in ("metrics.jsonl", "theory.jsonl"):
+                run.recover_jsonl(name)
+            run.truncate_jsonl("metrics.jsonl", lambda r: r["epoch"] < start)
+            run.truncate_jsonl("theory.jsonl", lambda r: r["epoch"] < start)
         metrics = run.read_jsonl("metrics.jsonl")
+        _check_records(run, cfg, metrics, start, R)
         log.info("resuming %s at epoch %d", run.path, start)
 
-    frozen = _freeze_outside(model, scope)
     module = _train_module(model)
+    _par.set_phase(module, True)  # sharded (FSDP) modules: the parameters the optimizer holds are the registered ones
+    frozen = _freeze_outside(model, scope)
     try:
         for epoch in range(start, cfg.epochs + 1):
             if module is not None:
                 module.train()
+            _par.set_phase(module, True)
             losses_, norms = [], []
             batches = _batches(data, cfg, replica_seeds(cfg, R, 3, epoch))
-            for step, (cols, member) in enumerate(tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress or rank != 0,
-                                             leave=False)):
+            bar = progress_bar(batches, desc=f"epoch {epoch}", enabled=cfg.progress and rank == 0, leave=False)
+            for step, (cols, member) in enumerate(bar):
                 batch = train_batch(data, cfg, cols, member, _device(model))
                 for h in hooks:
                     h.before_step(model, batch, cfg.lr)
                 opt.zero_grad(set_to_none=True)
                 loss = batch_loss(model, cfg, batch)
                 if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"epoch {epoch} step {step}: loss is {loss.item()}; stopped, the last checkpoint "
-                        f"(epoch {epoch - 1}) is kept" + (f" in {run.path}" if run else ""))
+                    raise NonFiniteLossError(f"epoch {epoch} step {step}: loss is {loss.item()}; stopped, "
+                                             + _last_good(run, epoch))
                 loss.backward()
                 if cfg.grad_clip:
-                    norms.append(float(torch.nn.utils.clip_grad_norm_(scope, cfg.grad_clip)))
+                    norm = torch.nn.utils.clip_grad_norm_(scope, cfg.grad_clip)
+                    norms.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))  # sharded
                 else:
-                    norms.append(float(torch.sqrt(sum((p.grad.double() ** 2).sum() for p in scope
-                                                      if p.grad is not None))))
+                    norms.append(float(torch.sqrt(_par.grad_sq_norm(scope))))
                 opt.step()
-                losses_.append(loss.item())
+                if not _finite(scope):
+                    raise NonFiniteLossError(f"epoch {epoch} step {step}: the parameters are not finite after the "
+                                             f"step (diverged: lr {cfg.lr}, weight decay {cfg.weight_decay}); "
+                                             f"stopped, " + _last_good(run, epoch))
+                losses_.append(float(_par.global_sum(loss.detach()) / world))  # the whole batch's loss
                 for h in hooks:
                     for rec in h.after_step(model, batch, cfg.lr) or []:
                         rec = {"epoch": epoch, "step": step, **rec}
@@ -727,6 +755,14 @@ def run_clo(
                               f"reach the trainable parameters", RuntimeWarning, stacklevel=2)
             if module is not None:
                 module.eval()
+            _par.set_phase(module, False)  # gathered for replay and evaluation
+            if batches:  # finite parameters can still overflow the outputs: the last batch read again, no RNG drawn
+                with torch.no_grad():
+                    after = batch_loss(model, cfg, batch)
+                if not torch.isfinite(after):
+                    raise NonFiniteLossError(f"epoch {epoch} step {len(batches) - 1}: the loss after the step is "
+                                             f"{after.item()} (diverged: lr {cfg.lr}, weight decay {cfg.weight_decay}); "
+                                             f"stopped, " + _last_good(run, epoch))
             extra = {"train_loss": sum(losses_) / max(1, len(losses_)), "grad_norm": max(norms, default=0.0),
                      "steps": len(batches)}
             rep = _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external)
@@ -740,7 +776,8 @@ def run_clo(
                     run.append_jsonl("metrics.jsonl", r)
                 if rep.get("replay"):
                     run.save_tensors("data.safetensors", data.tensors())
-                _save(run, model, opt, data, eval_set, epoch=epoch)
+            if run is not None:
+                _save(run, model, opt, data, eval_set, epoch=epoch, hooks=hooks, writer=writer)
             if on_epoch and evaluated:
                 on_epoch(epoch, records)
     finally:  # also on error: the caller gets the model back trainable and in eval mode
@@ -832,14 +869,80 @@ def _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external)
     return out
 
 
-def _save(run: RunDir, model, opt, data: CLOData, eval_set: EvalSet, *, epoch: int) -> None:
-    run.save_state("state.pt", {
-        "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "data": data.tensors(),
-        "eval_set": dataclasses.asdict(eval_set),
-    })
+def _save(run: RunDir, model, opt, data: CLOData, eval_set: EvalSet, *, epoch: int, hooks=(),
+          writer: bool = True) -> None:
+    """The checkpoint: everything a resumed run needs, the step hooks' state (``state_dict()``) included.
+    Called on every rank; the writer (rank 0) writes ``state.pt``. A sharded (FSDP) module's parameters
+    and optimizer state go to ``state-<epoch>.dcp/`` (every rank its shards, written before ``state.pt``
+    names it, so a kill leaves the previous checkpoint whole); older shard directories are removed after."""
+    module = _train_module(model)
+    sharded = _par.is_sharded(module)
+    name = f"state-{epoch}.dcp" if sharded else None
+    if sharded:
+        _par.save_sharded(run.file(name), module, opt)
+    if writer:
+        run.save_state("state.pt", {
+            "epoch": epoch,
+            "model": None if sharded else model.state_dict(),
+            "optimizer": None if sharded else opt.state_dict(),
+            "sharded": name,
+            "world_size": _dist()[1],
+            "data": data.tensors(),
+            "eval_set": dataclasses.asdict(eval_set),
+            "hooks": [h.state_dict() if hasattr(h, "state_dict") else None for h in hooks],
+        })
+        if sharded:
+            import shutil
+
+            for old in run.path.glob("state-*.dcp"):
+                if old.name != name:
+                    shutil.rmtree(old, ignore_errors=True)
+    if sharded:
+        _par.set_phase(module, False)  # back to the inference layout the loop left it in
+
+
+def _check_world(run: RunDir, state: dict, world: int) -> None:
+    """Refuse to resume with another number of processes (the training batches are split over ranks,
+    so the run would continue on another schedule)."""
+    saved = state.get("world_size", 1)
+    if saved != world:
+        from dynamics.records import ConfigMismatchError
+
+        raise ConfigMismatchError(f"{run.file('state.pt')} was written by a run of {saved} process(es), this one has "
+                                  f"{world}: relaunch with --nproc_per_node {saved} to resume it")
+
+
+def _finite(params) -> bool:
+    """Whether every parameter is finite (a sharded parameter: its local shard, all ranks agreeing)."""
+    ok = torch.tensor(True)
+    for p in params:
+        t = p.detach()
+        t = t.to_local() if hasattr(t, "to_local") else t
+        ok &= bool(t.isfinite().all())
+    if any(hasattr(p, "to_local") for p in params):
+        ok = _par.global_sum(ok.to(torch.int64)) == _dist()[1]  # every rank's shards finite
+    return bool(ok)
+
+
+def _last_good(run: RunDir | None, epoch: int) -> str:
+    return f"the last good checkpoint (epoch {epoch - 1}) is kept" + (f" in {run.file('state.pt')}" if run else "")
+
+
+def _check_records(run: RunDir, cfg: CLOConfig, metrics: list[dict], start: int, replicas: int) -> None:
+    """Refuse to resume when ``metrics.jsonl`` lacks records the checkpoint follows (they cannot be
+    derived again without the model of those epochs)."""
+    want = [e for e in range(start) if e == 0 or e % cfg.eval_every == 0 or e == cfg.epochs]
+    have = {e: 0 for e in want}
+    for r in metrics:
+        if r.get("epoch") in have:
+            have[r["epoch"]] += 1
+    short = [e for e, n in have.items() if n < replicas]
+    if short:
+        from dynamics.records import DamagedRunError
+
+        raise DamagedRunError(f"{run.file('metrics.jsonl')} lacks the records of epoch(s) {short} that the checkpoint "
+                              f"(epoch {start - 1}) follows; they cannot be derived again: start a new run with "
+                              f"another --out")
 
 
 def _freeze_outside(model, scope) -> list[torch.nn.Parameter]:

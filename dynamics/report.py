@@ -1,4 +1,6 @@
-"""Reading runs: aggregation over seeds (mean and standard error), summary tables and curves.
+"""Reading runs: aggregation over seeds (mean and standard error), summary tables, the metrics' panel
+titles, and progress bars that do not flood logs (:func:`progress`). A run's ``curves.png`` is drawn
+by :func:`dynamics.figures.sim.write_curves`.
 
 Works on the records of ``metrics.jsonl`` (one dict per replica and epoch), at every scale.
 
@@ -10,12 +12,12 @@ Works on the records of ``metrics.jsonl`` (one dict per replica and epoch), at e
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from dynamics.study.stats import mean_se  # the statistics' one home; re-exported here for tables
 
-__all__ = ["LABELS", "aggregate", "group_value", "mean_se", "plot_curves", "summary_table"]
+__all__ = ["LABELS", "PROGRESS_LOG_INTERVAL", "aggregate", "group_value", "mean_se", "progress", "summary_table"]
 
 CURVE_KEYS = ("gen_acc", "win_rate", "non_unification", "und_fp_rate")
 # Panel titles of every metric a figure draws, at every scale (``dynamics.figures`` draws with them).
@@ -104,30 +106,36 @@ def summary_table(records: Sequence[dict], *, groups: bool = True, start: int | 
     return "\n".join(lines)
 
 
-def plot_curves(runs: dict[str, Sequence[dict]], path: str | Path, keys: Sequence[str] = CURVE_KEYS,
-                title: str | None = None) -> Path:
-    """One panel per metric, one line per run (mean ± standard error across seeds); PNG (and PDF
-    when ``path`` ends in .pdf). ``runs`` maps a label to its records."""
-    from matplotlib.figure import Figure  # no pyplot: a run's plot never touches the session's backend
+# a bar writing to a log file updates at most this often (seconds); at a terminal tqdm's own 0.1 s
+PROGRESS_LOG_INTERVAL = 60.0
 
-    fig = Figure(figsize=(3.6 * len(keys), 3.0))
-    axes = fig.subplots(1, len(keys), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        for label, records in runs.items():
-            agg = aggregate(records, key)
-            xs = list(agg)
-            m = [agg[e][0] for e in xs]
-            se = [0.0 if math.isnan(agg[e][1]) else agg[e][1] for e in xs]
-            ax.plot(xs, m, label=label, marker="o", ms=2.5)
-            ax.fill_between(xs, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], alpha=0.2)
-        ax.set_title(LABELS.get(key, key), fontsize=9)
-        ax.set_xlabel("epoch")
-        if key == "win_rate":
-            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[0][0].legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+
+def _interactive(stream) -> bool:
+    """Whether progress bars reach a person: ``stream`` is a terminal, or the code runs in a Jupyter
+    kernel (whose stderr is not a terminal but shows tqdm's widget)."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
+    shell = sys.modules.get("IPython")
+    ip = shell.get_ipython() if shell is not None and hasattr(shell, "get_ipython") else None
+    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
+
+
+def progress(iterable=None, *, desc: str | None = None, enabled: bool = True, leave: bool = True, **kw):
+    """A tqdm progress bar (``tqdm.auto``) that does not flood logs: ``enabled=False`` turns it off;
+    when stderr is not a terminal (a log file, a pipe) a bar that stays (``leave``) updates at most
+    every :data:`PROGRESS_LOG_INTERVAL` seconds and a transient one (``leave=False``) is off, so a
+    log holds a handful of lines, not thousands of carriage-return updates. ``kw`` go to tqdm.
+
+    >>> list(progress(range(3), desc="demo", enabled=False))
+    [0, 1, 2]
+    """
+    from tqdm.auto import tqdm
+
+    interactive = _interactive(sys.stderr)
+    disable = not enabled or (not interactive and not leave)
+    if not interactive:
+        kw.setdefault("mininterval", PROGRESS_LOG_INTERVAL)
+    return tqdm(iterable, desc=desc, disable=disable, leave=leave, **kw)

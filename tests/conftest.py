@@ -20,7 +20,9 @@ from dynamics.study.claims import Claim, check, summary_lines
 from dynamics.toy.study import TOY_CLO, ToySize
 
 ROOT = Path(__file__).resolve().parents[1]
-TOY_CACHE = os.environ.get("DYNAMICS_CACHE", str(ROOT / "cache" / "toy"))
+# the repository's cache, for every default cache of the suite (in-process and in subprocesses), so that
+# nothing pre-trains twice between runs; outside the tests the default is the user's cache directory
+TOY_CACHE = os.environ.setdefault("DYNAMICS_CACHE", str(ROOT / "cache" / "toy"))
 
 # Eight candidate pre-trained models, the default recipe: world 0 (held-out split 0) with seeds 0-4 and
 # world 1 (split 1) with seeds 0-2. A unit enters the study only if its pre-trained model passes the

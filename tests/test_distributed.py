@@ -5,6 +5,7 @@ drift apart."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -71,9 +72,8 @@ class WrappedTable:
 
 
 def records_json(records) -> list[str]:
-    """Records as text (NaN compares equal), without ``train_loss``: the mean loss of this rank's
-    share of each batch (rank 0 writes its own)."""
-    return [json.dumps({k: v for k, v in r.items() if k != "train_loss"}, sort_keys=True) for r in records]
+    """Records as text (NaN compares equal)."""
+    return [json.dumps(r, sort_keys=True) for r in records]
 
 
 def _spread(model: WrappedTable) -> float:
@@ -134,6 +134,13 @@ def test_two_processes_run_clo_through_ddp(tmp_path):
         # prompts sharded over ranks and gathered back: the pre-training evaluation and the self-judged
         # data equal one process's, bit for bit
         assert out["records"][0] == one[0] and out["unwrapped_records"][0] == one[0]
+    # each rank normalises its share by the whole batch's count: through DDP the run equals one process
+    # training on the whole batch (batch_size is per rank), train_loss included, up to rounding
+    whole = WrappedTable()
+    ref = run_clo(whole, dataclasses.replace(CFG, batch_size=CFG.batch_size * WORLD), external=whole.table.oracle)
+    from tests.test_fsdp import close
+
+    assert not close([json.loads(r) for r in res[0]["records"]], json.loads(json.dumps(ref.metrics)), tol=1e-12)
     # every rank holds the same records and, trained through DDP, the same model
     assert res[0]["records"] == res[1]["records"] and len(res[0]["records"]) == CFG.epochs + 1
     assert res[0]["params"] == res[1]["params"] and res[0]["spread"] == 0.0
@@ -168,14 +175,18 @@ def test_single_process_identities_and_bad_launch_environment(monkeypatch):
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
 
-def test_accelerate_ddp_config_parses():
-    """``accelerate launch --config_file experiments/configs/ddp.yaml`` starts the processes torchrun would."""
+def test_accelerate_configs_parse():
+    """``accelerate launch --config_file experiments/configs/{ddp,fsdp}.yaml`` starts the processes torchrun
+    would."""
     pytest.importorskip("accelerate")
     from accelerate.commands.config.config_args import load_config_from_file
 
     cfg = load_config_from_file(str(CONFIGS / "ddp.yaml"))
     assert str(cfg.distributed_type).endswith("MULTI_GPU") and cfg.mixed_precision == "bf16"
-    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == ["ddp.yaml"]
+    assert sorted(p.name for p in CONFIGS.glob("*.yaml")) == ["ddp.yaml", "fsdp.yaml"]
+    fsdp = load_config_from_file(str(CONFIGS / "fsdp.yaml"))
+    # accelerate then sets ACCELERATE_USE_FSDP, which --parallel auto reads (tests/test_fsdp.py)
+    assert str(fsdp.distributed_type).endswith("FSDP") and fsdp.fsdp_config["fsdp_version"] == 2
 
 
 if __name__ == "__main__":  # one rank, launched by torchrun from run_workers

@@ -133,3 +133,242 @@ def test_make_all_quick_regenerates_every_figure(tmp_path):
     for script in FIG_DIR.glob("fig_*.py"):
         assert (tmp_path / f"{script.stem}.png").exists(), script.name
         assert (tmp_path / f"{script.stem}.pdf").exists(), script.name
+
+
+# ------------------------------------------------------------------------- every figure, looked at
+# Each draw function gets a small result of its experiment's form (built here, so drawing is all that
+# runs: the experiments themselves run in their docstrings and in the slow make_all test), and every
+# figure it makes must be a non-empty PNG, at most a page wide, with every legend outside every axes.
+
+
+def _stat(m, se=0.01, n=4):
+    return (m, se, n)
+
+
+def _sim_size(**kw):
+    return {"prompts": 24, "epochs": 4, "seeds": 4, **kw}
+
+
+def _curves(labels, keys, n=4):
+    return {lab: {k: [[e, 0.5 + 0.05 * e + 0.01 * i, 0.02, n] for e in range(5)] for k in keys}
+            for i, lab in enumerate(labels)}
+
+
+def _phase_rows(couplings, judges):
+    phases = ("co-improvement", "drift", "no transfer", "co-degradation", "undetermined")
+    return {c: {j: {"phase": phases[(i + k) % len(phases)], "gen": _stat(0.1 * (k - 1), n=8),
+                    "fp": _stat(-0.02 * k, n=8), "exact_non_unification": _stat(-0.05, n=8),
+                    "final_exact_win_rate": _stat(0.1, n=8), "final_win_rate": _stat(0.05, n=8)}
+                for k, j in enumerate(judges)} for i, c in enumerate(couplings)}
+
+
+def _sim_results() -> dict:
+    keys = ["exact_gen_acc", "exact_pre_fp_rate", "non_unification", "win_rate"]
+    scan_keys = ["exact_gen_acc", "exact_pre_fp_rate", "exact_win_rate", "exact_non_unification"]
+    rows_lr = [{"lr": lr, "resid_g": _stat(lr**2), "resid_u": _stat(2 * lr**2)} for lr in (0.005, 0.01, 0.02)]
+    rows_lr[-1].update(slope_g=2.0, slope_u=1.9)
+    pts = {k: {g: {"predicted": [0.1 * i for i in range(20)], "measured": [0.11 * i for i in range(20)]}
+               for g in ("misaligned", "aligned")} for k in ("g", "u")}
+    sim = {
+        "training_curves": ({"size": _sim_size()}, {"keys": keys, "control": "SFT (all: control)", "curriculum": "cur",
+                                                    "curves": _curves(["SFT", "DPO", "cur", "SFT (all: control)"], keys)}),
+        "co_improvement_vs_degradation": ({"size": _sim_size()},
+                                          {"keys": keys, "curves": _curves(["self", "all", "oracle", "corrupt:0.6"], keys)}),
+        "corrupt_scan": ({"size": _sim_size(), "rows": [{"p": p, **{k: _stat(-p) for k in scan_keys}} for p in (0, 0.5, 1)],
+                          "controls": {"self": {k: {"change": _stat(0.1)} for k in scan_keys}}},
+                         {"keys": scan_keys, "controls": {c: {k: _stat(0.05) for k in scan_keys} for c in ("all", "oracle")}}),
+        "phase_diagram": ({"size": _sim_size(), "worlds": [0, 1], "alpha": 0.05, "fp_margin": 0.01,
+                           "rows": _phase_rows(["decoupled", "trunk", "tied", "bayes"], ["self", "corrupt:0.6"])},
+                          {"couplings": ["decoupled", "trunk", "tied", "bayes"], "judges": ["self", "corrupt:0.6"],
+                           "scale": "simulator"}),
+        "curriculum": ({"size": _sim_size(), "candidates": 1},
+                       {"keys": ["discard_size", "sft_size", "exact_gen_acc", "exact_pre_fp_rate"],
+                        "curves": _curves(["off", "epochs:1", "epochs:3", "adaptive"],
+                                          ["discard_size", "sft_size", "exact_gen_acc", "exact_pre_fp_rate"])}),
+        "fp_correction": ({"size": _sim_size(), "corrected_similarity": _stat(0.9), "random_similarity": _stat(0.89),
+                           "correction_rate_trained": _stat(0.6), "correction_rate_held_out": _stat(0.4)},
+                          {"delta_g": {"corrected": [-1.0, -0.5, -0.2], "random": [0.1, -0.2, 0.3]},
+                           "ratios": {"corrected": [3.0, 2.0], "random": [1.0, 0.8]}}),
+        "predicted_vs_measured": ({"size": _sim_size(), "lr": 0.5, "rel_err_g": _stat(0.05), "rel_err_u": _stat(0.1)},
+                                  {"points": pts}),
+        "eta_slope": ({"size": _sim_size(), "rows": {"SFT": rows_lr, "DPO": rows_lr}}, {}),
+    }
+    return {name: {"name": f"fig_{name}", "summary": s, "plot": p} for name, (s, p) in sim.items()}
+
+
+def _toy_size(**kw):
+    return {"seeds": [0, 1, 2], "worlds": [0], "preset": "default", "pretrain_steps": 1200, **kw}
+
+
+def _toy_results() -> dict:
+    judges, cats = ["self", "all", "oracle", "corrupt:0.9"], ["all", "single_object", "counting"]
+    metrics = ["gen_acc", "und_fp_rate", "non_unification", "win_rate"]
+    rows = [{"judge": j, "category": c, "metric": m, "before": _stat(0.5, n=3), "after": _stat(0.5 + 0.02 * i, n=3),
+             "change": _stat(0.02 * i - 0.01, n=3), "n": (2.0 + 5 * i, 1.0, 3)}
+            for i, j in enumerate(judges) for c in cats for m in metrics]
+    fo_rows = [{"branch": b, "lr": lr, "predicted": 0.1 * i * lr, "measured": 0.11 * i * lr, "kind": "fp"}
+               for b in ("generation", "understanding") for lr in (1e-3, 1e-2) for i in range(5)]
+    fo_sum = {b: {"mean_abs_residual": {"0.001": 1e-6, "0.01": 1e-4}, "residual_slope": 2.0}
+              for b in ("generation", "understanding")}
+    arm = {k: {"self": (_stat(0.5, n=3), _stat(0.52, n=3), _stat(0.02, n=3)),
+               "all": (_stat(0.5, n=3), _stat(0.5, n=3), _stat(0.0, n=3))}
+           for k in ("gen_acc", "und_fp_rate", "und_fn_rate", "win_rate")}
+    arm["win_rate_n"] = {"self": (12.0, 1.0, 3), "all": (3.0, 1.0, 3)}
+    toy = {
+        "toy_judges": ({"size": _toy_size(), "coupling": "tied", "rows": rows},
+                       {"judges": judges, "categories": cats, "metrics": metrics}),
+        "toy_first_order": ({"size": _toy_size(), "lrs": [1e-3, 1e-2], "rows": fo_rows, "summary": fo_sum}, {}),
+        "toy_phase_diagram": ({"size": _toy_size(), "alpha": 0.05, "fp_margin": 0.01,
+                               "rows": _phase_rows(["trunk", "tied"], ["self"]), "excluded": {"decoupled": [1, 2]}},
+                              {"couplings": ["decoupled", "trunk", "tied"], "judges": ["self"], "scale": "toy"}),
+        "toy_recipes": ({"size": _toy_size(), "recipes": {"default": arm, "longer": arm}},
+                        {"labels": ["default", "longer"]}),
+    }
+    return {name: {"name": f"fig_{name}", "summary": s, "plot": p} for name, (s, p) in toy.items()}
+
+
+def _other_results() -> dict:
+    cm_rows = [{"n": n, "loss": loss, "replay": r, "pool": (12.0 / n, 1.0, 4), "recovered": (10.0 / n, 1.0, 4),
+                "replay_precision": (0.7, 0.05, 4), "first_precision": (0.85, 0.01, 4),
+                **({"vs_off": {"exact_gen_acc": (0.01, 0.02, 4), "exact_pre_fp_rate": (-0.01, 0.004, 4)}}
+                   if r != "off" else {})}
+               for n in (1, 2, 8) for loss in ("sft", "dpo") for r in ("off", "early", "late", "adaptive")]
+    cells = {f"cell:{t}/easy": {"non_start": (0.3 + i / 100, 0.01, 4), "gen_gain": (0.2, 0.02, 4)}
+             for i, t in enumerate(("object", "colour", "binding"))}
+    rho = {"mean": 0.1, "se": 0.1, "n": 4, "ci": [-0.2, 0.4], "level": 0.95,
+           "per_unit": {"0,0": 0.5, "0,1": -0.5, "0,2": 0.2, "0,3": 0.2}}
+    nc_rows = [{"n": n, "train_size": (36.0 * n, 1.0, 4), "change": {"exact_gen_acc": (0.1 + 0.01 * n, 0.01, 4),
+                "exact_pre_fp_rate": (-0.1, 0.01, 4)}} for n in (1, 2, 8)]
+    cell = {b: {"relative_error": 0.3, "sign_agreement": 0.9} for b in ("gen", "und")}
+    table = {k: {"epoch1": cell, "end": cell, "interval": i + 1, "segment": {"gen": 0.2, "und": 0.3}}
+             for i, k in enumerate(("1", "10", "epoch", "all"))}
+    traj = {"measured": {"gen": [[0.0] * 4, [0.1, 0.2, 0.3, 0.4]], "und": [[0.0] * 4, [0.0, 0.1, 0.1, 0.2]]}}
+    traj.update({k: {b: [[0.0] * 4, [0.12, 0.2, 0.25, 0.4]] for b in ("gen", "und")} for k in ("1", "all")})
+    run = {"optimiser": {"name": "sgd", "lr": 0.5}, "info": {}, "trajectories": traj}
+    prow = lambda g, ph: {"phase": ph, "gen": (g, 0.01, 16), "fp": (-g / 4, 0.005, 16),
+                          "exact_non_unification": (-0.1, 0.01, 16), "final_exact_win_rate": (g, 0.01, 16)}
+    ps_judges = ["self", "lookalike:0.5", "lookalike:1", "pr:0.9,0.3", "pr:0.5,0.3"]
+    ps_rows = {c: {j: prow(0.2 - 0.05 * i, "co-improvement" if i < 2 else "drift") for i, j in enumerate(ps_judges)}
+               for c in ("tied", "bayes")}
+    nan = (float("nan"), float("nan"), 0)
+    alarm = {c: {"false_alarm_rate": (0.1, 0.05, 32), "miss_rate": (0.2, 0.1, 16), "co_degradation_miss_rate": nan}
+             for c in ps_rows}
+    return {
+        "curriculum_map": ("dynamics.figures.ablations", {"rows": cm_rows, "judge": "self", "why": {
+            "rho_gap_gen": 0.1, "points": [{"precision_gap": -0.1, "gen_vs_off": 0.02, "replay": "late"}]}}, {}),
+        "gap_gain": ("dynamics.figures.ablations", {"cells": cells, "rho": rho}, {}),
+        "n_candidates": ("dynamics.figures.ablations", {"rows": nc_rows}, {}),
+        "multistep": ("dynamics.figures.multistep", {"ks": ["1", "10", "epoch", "all"], "table": {"sim_sgd": table},
+                                                      "runs": {"sim_sgd": [run]}}, {"runs": ["sim_sgd"]}),
+        "poor_supervision": ("dynamics.figures.poor_supervision", {
+            "rows": ps_rows, "alarm": alarm, "lookalike_ps": [0.5, 1.0], "precisions": [0.9, 0.5], "recall": 0.3,
+            "worlds": [0, 1], "alpha": 0.01, "alarm_tolerance": 0.01}, {"couplings": ["tied", "bayes"], "judges": ps_judges}),
+    }
+
+
+def _draw_all(out: Path):
+    """Every draw function on its small result; ``{figure file stem: figure}`` for every figure made."""
+    import importlib
+
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("Agg")
+    drawn: dict[str, object] = {}
+    close = plt.close
+
+    def keep(fig=None):
+        if fig is not None and not isinstance(fig, str):
+            drawn[fig.get_label() or f"fig{len(drawn)}"] = fig
+        else:
+            close(fig)
+
+    plt.close = keep
+    try:
+        results = {**_sim_results(), **_toy_results()}
+        for name, result in results.items():
+            before = len(drawn)
+            FIGURES[name].draw(result, out)
+            assert len(drawn) > before, name
+            _label_new(drawn, before, name)
+        for name, (module, summary, plot) in _other_results().items():
+            before = len(drawn)
+            getattr(importlib.import_module(module), f"draw_{name}")(
+                {"name": f"fig_{name}", "summary": summary, "plot": plot}, out)
+            _label_new(drawn, before, name)
+    finally:
+        plt.close = close
+    return drawn
+
+
+def _label_new(drawn: dict, before: int, name: str) -> None:
+    for i, key in enumerate(list(drawn)[before:]):
+        drawn[f"{name}#{i}"] = drawn.pop(key)
+
+
+def _overlaps(a, b) -> bool:
+    return a.x0 < b.x1 and b.x0 < a.x1 and a.y0 < b.y1 and b.y0 < a.y1
+
+
+def _check_figure(name: str, fig) -> None:
+    from matplotlib.axes import Axes
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.legend import Legend
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    assert fig.get_size_inches()[0] <= 7.0 + 1e-9, (name, fig.get_size_inches())
+    axes = [a for a in fig.findobj(Axes) if a.get_visible() and a.axison]
+    legends = [leg for leg in fig.findobj(Legend) if leg.get_visible()]
+    for leg in legends:
+        lb = leg.get_window_extent(renderer)
+        for ax in axes:
+            assert not _overlaps(lb, ax.get_window_extent(renderer)), f"{name}: legend overlaps an axes"
+
+
+def test_every_figure_is_a_png_with_its_legends_outside_every_axes(tmp_path, monkeypatch):
+    """Every draw function (simulator, toy, ablations, multi-step, poor supervision): a non-empty PNG per
+    figure; no legend's window extent meets any axes' (legends outside the data); at most 7 inches
+    wide. (PDFs are skipped here for time: test_a_figure_writes_png_pdf_and_its_numbers writes one.)"""
+    from matplotlib.figure import Figure
+
+    savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: None if str(path).endswith(".pdf")
+                        else savefig(self, path, **kw))
+    drawn = _draw_all(tmp_path)
+    names = {p.stem for p in tmp_path.glob("*.png")}
+    assert {f"fig_{n}" for n in FIGURES} <= names
+    for png in tmp_path.glob("*.png"):
+        assert png.stat().st_size > 5000 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png.name
+    for name, fig in drawn.items():
+        _check_figure(name, fig)
+    assert len(drawn) >= len(FIGURES) + 6
+
+
+def test_sample_grid_and_run_curves_follow_the_style(tmp_path):
+    """The sample grid (before and after side by side, changed cells counted) and a run's curves.png:
+    non-empty PNGs with the legend outside every axes; the four cases are counted in the title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from dynamics.figures.samples import case_counts, plot_sample_grid, write_sample_grids
+    from dynamics.figures.sim import write_curves
+
+    imgs = np.zeros((2, 3, 4, 4, 3))
+    exact = {"before": [[True, False, True], [False, False, True]], "after": [[True, True, True], [False, False, True]]}
+    p_yes = {"before": [[0.9, 0.8, 0.2], [0.1, 0.4, 0.7]], "after": [[0.9, 0.1, 0.8], [0.1, 0.4, 0.7]]}
+    fig = plot_sample_grid({"before": imgs, "after": imgs}, exact, p_yes, prompts=["a red circle", "two squares"],
+                           figure=Figure)
+    assert "accepts wrong 1" in fig.get_suptitle() and "rejects correct 1" in fig.get_suptitle()
+    assert case_counts(exact["after"], p_yes["after"])["both accept"] == 3
+    _check_figure("samples", fig)
+    paths = write_sample_grids(tmp_path, {"before": imgs, "after": imgs}, exact, p_yes, prompts=["a", "b"])
+    assert [p.name for p in paths] == ["samples_before.png", "samples_after.png", "samples.png"]
+    recs = [{"epoch": e, "seed": s, "gen_acc": 0.5 + e / 10, "win_rate": 0.5, "non_unification": 0.3,
+             "und_fp_rate": 0.2} for e in range(3) for s in range(2)]
+    for p in [*paths, write_curves(recs, tmp_path / "curves.png", title="toy world: judge=self " * 8)]:
+        assert p.stat().st_size > 5000, p

@@ -21,11 +21,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from dynamics.figures.common import error_bar, finish, pyplot
+from dynamics.figures.common import error_bar, finish
+from dynamics.figures.style import COLOURS, LINESTYLES, MARKERS, legend_below, panels, styled
+from dynamics.figures.style import caption as style_caption
 
 __all__ = ["draw_curriculum_map", "draw_gap_gain", "draw_n_candidates", "plot_curriculum_map"]
 
-REPLAY_STYLE = {"off": "C7", "early": "C0", "late": "C3", "adaptive": "C2"}
+REPLAY_STYLE = {"off": "0.45", "early": COLOURS[0], "late": COLOURS[1], "adaptive": COLOURS[2]}
 
 
 def _m(t) -> float:
@@ -38,9 +40,15 @@ def _e(t) -> float:
 
 
 def _colour(replay: str, i: int) -> str:
-    return REPLAY_STYLE.get(replay, f"C{4 + i}")
+    return REPLAY_STYLE.get(replay, COLOURS[(3 + i) % len(COLOURS)])
 
 
+def _units(rows) -> int:
+    """The most units behind a point of the curriculum map (the ``n`` of its ``pool`` values)."""
+    return int(max([r["pool"][2] or 0 for r in rows if r.get("pool") is not None], default=0))
+
+
+@styled
 def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), title: str | None = None):
     """The curriculum map: against the number of candidates ``N``, one line per replay (and loss:
     SFT solid, DPO dashed): the discard pool and the prompts recovered; the replayed precision against
@@ -55,9 +63,8 @@ def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), ti
     >>> len(plot_curriculum_map(rows, points=[{"precision_gap": -0.1, "gen_vs_off": 0.02, "replay": "late"}]).axes)
     5
     """
-    plt = pyplot()
     n_panels = 5 if points else 4
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.4 * n_panels, 3.0))
+    fig, axes = panels(n_panels, height=2.3)
     replays = list(dict.fromkeys(r["replay"] for r in rows))
     losses = list(dict.fromkeys(r["loss"] for r in rows))
     ax = axes[0]
@@ -65,16 +72,15 @@ def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), ti
         mine = [r for r in rows if r["loss"] == loss and r["replay"] == "off"]
         if loss == losses[0] and mine:
             ax.errorbar([r["n"] for r in mine], [_m(r["pool"]) for r in mine], yerr=[_e(r["pool"]) for r in mine],
-                        color="k", marker="s", ms=3, capsize=2, label="discard pool")
+                        color="k", marker="s", ms=3, label="discard pool")
     for i, replay in enumerate(r for r in replays if r != "off"):
         mine = [r for r in rows if r["loss"] == losses[0] and r["replay"] == replay]
         ax.errorbar([r["n"] + 0.08 * i for r in mine], [_m(r["recovered"]) for r in mine],
-                    yerr=[_e(r["recovered"]) for r in mine], color=_colour(replay, i), marker="o", ms=3, capsize=2,
-                    label=f"recovered: {replay}")
+                    yerr=[_e(r["recovered"]) for r in mine], color=_colour(replay, i), marker=MARKERS[i], ms=3,
+                    ls=LINESTYLES[i % len(LINESTYLES)], label=f"recovered / replayed: {replay}")
     ax.set_xscale("log")
-    ax.set_title(f"discard pool and prompts recovered ({losses[0]})", fontsize=9)
+    ax.set_title(f"discard pool, prompts recovered ({losses[0]})")
     ax.set_ylabel("prompts")
-    ax.legend(fontsize=6)
     ax = axes[1]
     first = [r for r in rows if r["loss"] == losses[0] and r["replay"] == "off"]
     ax.plot([r["n"] for r in first], [_m(r["first_precision"]) for r in first], color="k", marker="s", ms=3,
@@ -82,43 +88,44 @@ def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), ti
     for i, replay in enumerate(r for r in replays if r != "off"):
         mine = [r for r in rows if r["loss"] == losses[0] and r["replay"] == replay]
         ax.errorbar([r["n"] + 0.08 * i for r in mine], [_m(r["replay_precision"]) for r in mine],
-                    yerr=[_e(r["replay_precision"]) for r in mine], color=_colour(replay, i), marker="o", ms=3,
-                    capsize=2, ls="none", label=f"replayed: {replay}")
+                    yerr=[_e(r["replay_precision"]) for r in mine], color=_colour(replay, i), marker=MARKERS[i], ms=3,
+                    ls="none", label=f"recovered / replayed: {replay}")
     ax.set_xscale("log")
-    ax.set_title("precision of the training data (oracle)", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.set_title("training-data precision (oracle)")
     for ax, key, name in ((axes[2], "exact_gen_acc", "Gen"), (axes[3], "exact_pre_fp_rate", "Und FP rate")):
         for li, loss in enumerate(losses):
             for i, replay in enumerate(r for r in replays if r != "off"):
                 mine = [r for r in rows if r["loss"] == loss and r["replay"] == replay and "vs_off" in r]
                 ax.errorbar([r["n"] * (1 + 0.05 * i) for r in mine], [_m(r["vs_off"][key]) for r in mine],
-                            yerr=[_e(r["vs_off"][key]) for r in mine], color=_colour(replay, i), marker="o", ms=3,
-                            capsize=2, ls="-" if li == 0 else "--", label=f"{loss}, {replay}")
+                            yerr=[_e(r["vs_off"][key]) for r in mine], color=_colour(replay, i), marker=MARKERS[i],
+                            ms=3, ls="-" if li == 0 else "--", label=f"{loss.upper()}, {replay}")
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.set_xscale("log")
-        ax.set_title(f"{name} beyond no replay (exact)", fontsize=9)
-        ax.set_xlabel("candidates per prompt N")
-    axes[2].legend(fontsize=6)
+        ax.set_title(f"{name} beyond no replay (exact)")
+        ax.set_xlabel("candidates per prompt $N$")
     if points:
         ax = axes[4]
         for i, replay in enumerate(r for r in replays if r != "off"):
             mine = [p for p in points if p["replay"] == replay]
             ax.scatter([p["precision_gap"] for p in mine], [p["gen_vs_off"] for p in mine], s=8,
-                       color=_colour(replay, i), label=replay, alpha=0.7)
+                       color=_colour(replay, i), marker=MARKERS[i], label=f"recovered / replayed: {replay}", alpha=0.7)
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.axvline(0.0, color="grey", lw=0.6)
-        ax.set_title("per unit: replayed data against gain", fontsize=9)
-        ax.set_xlabel("replayed minus first-round precision")
+        ax.set_title("per unit: data against gain")
+        ax.set_xlabel("replayed $-$ first-round precision")
         ax.set_ylabel("Gen beyond no replay")
-        ax.legend(fontsize=6)
     for ax in axes[:2]:
-        ax.set_xlabel("candidates per prompt N")
+        ax.set_xlabel("candidates per prompt $N$")
+    legend_below(fig, axes)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
+    n = _units(rows)
+    style_caption(fig, f"Points: mean ± 1 s.e. over {n} units (world, seed); x offset slightly per arm to keep "
+                       "them apart. SFT solid, DPO dashed." if n > 1 else "One unit: no error bars.")
     return fig
 
 
+@styled
 def draw_curriculum_map(result: dict, out_dir: str | Path) -> list[Path]:
     """The curriculum map (:func:`plot_curriculum_map`) of :func:`dynamics.sim.ablations.curriculum_map`."""
     s = result["summary"]
@@ -131,6 +138,7 @@ def draw_curriculum_map(result: dict, out_dir: str | Path) -> list[Path]:
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_gap_gain(result: dict, out_dir: str | Path) -> list[Path]:
     """Gap against gain: per tag x tier cell, the initial Non against the Gen gain (mean ± s.e. over
     units); per unit, Spearman's rho with the mean and its interval, the paper's 0.53 dashed.
@@ -145,53 +153,55 @@ def draw_gap_gain(result: dict, out_dir: str | Path) -> list[Path]:
     ['.png', '.pdf', '.json']
     """
     s = result["summary"]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(8.0, 3.2))
+    fig, axes = panels(2, height=2.8)
     ax = axes[0]
     for i, (cell, v) in enumerate(s["cells"].items()):
         ax.errorbar(_m(v["non_start"]), _m(v["gen_gain"]), xerr=_e(v["non_start"]), yerr=_e(v["gen_gain"]),
-                    marker="o", ms=4, capsize=2, color=f"C{i % 10}", label=cell.removeprefix("cell:"))
-    ax.set_xlabel("initial Non-unification (exact)")
+                    marker=MARKERS[i % len(MARKERS)], ms=4, color=COLOURS[i % len(COLOURS)], ls="none",
+                    label=cell.removeprefix("cell:"))
+    ax.set_xlabel("initial Non (exact)")
     ax.set_ylabel("Gen gain (exact)")
-    ax.set_title("per task tag x difficulty tier", fontsize=9)
-    ax.legend(fontsize=5, ncol=2)
+    ax.set_title("per task tag x difficulty tier")
     ax = axes[1]
     rho = s["rho"]
     vals = [v for v in rho["per_unit"].values() if v is not None]
-    ax.scatter(range(len(vals)), vals, s=10, color="C0", label="per unit")
+    ax.scatter(range(len(vals)), vals, s=10, color=COLOURS[0], label="Spearman $\\rho$ per unit")
     lo, hi = rho["ci"]
     if rho["mean"] is not None and lo is not None:
-        ax.axhspan(lo, hi, color="C0", alpha=0.15, label=f"mean {rho['mean']:+.2f}, {100 * rho['level']:g}% CI")
-        ax.axhline(rho["mean"], color="C0")
-    ax.axhline(0.53, color="C3", ls="--", label="paper: 0.53")
+        ax.axhspan(lo, hi, color=COLOURS[0], alpha=0.15, label=f"mean {rho['mean']:+.2f}, {100 * rho['level']:g}% CI")
+        ax.axhline(rho["mean"], color=COLOURS[0])
+    ax.axhline(0.53, color=COLOURS[1], ls="--", label="paper: 0.53")
     ax.axhline(0.0, color="grey", lw=0.6)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("unit (world, seed)")
-    ax.set_title("Spearman rho(initial Non, Gen gain)", fontsize=9)
-    ax.legend(fontsize=6)
-    fig.tight_layout()
+    ax.set_title("Spearman $\\rho$(initial Non, Gen gain)")
+    legend_below(fig, axes)
+    style_caption(fig, f"Left: mean ± 1 s.e. over {rho.get('n', len(vals))} units per cell. Right: one point per unit; "
+                       f"band: the {100 * rho['level']:g}% t interval of the mean over units.")
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_n_candidates(result: dict, out_dir: str | Path) -> list[Path]:
     """The N-candidates ablation: training-set size against ``N`` and the change of Gen and of the
     false-positive rate against ``N`` (mean ± s.e. over units). (Example in the module docstring.)"""
     rows = result["summary"]["rows"]
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(10.2, 3.0))
+    fig, axes = panels(3, height=2.3)
     ns = [r["n"] for r in rows]
     axes[0].errorbar(ns, [_m(r["train_size"]) for r in rows], yerr=[_e(r["train_size"]) for r in rows], marker="o",
-                     ms=3, capsize=2)
+                     ms=3, color=COLOURS[0])
     axes[0].set_xscale("log")
     axes[0].set_yscale("log")
-    axes[0].set_title("training-set size", fontsize=9)
+    axes[0].set_title("training-set size")
     for ax, key, name in ((axes[1], "exact_gen_acc", "Gen"), (axes[2], "exact_pre_fp_rate", "Und FP rate")):
         ax.errorbar(ns, [_m(r["change"][key]) for r in rows], yerr=[_e(r["change"][key]) for r in rows], marker="o",
-                    ms=3, capsize=2)
+                    ms=3, color=COLOURS[0])
         ax.axhline(0.0, color="grey", lw=0.6)
         ax.set_xscale("log")
-        ax.set_title(f"change of {name} over training (exact)", fontsize=9)
+        ax.set_title(f"change of {name} (exact)")
     for ax in axes:
-        ax.set_xlabel("candidates per prompt N")
-    fig.tight_layout()
+        ax.set_xlabel("candidates per prompt $N$")
+    n = max([int(r["train_size"][2] or 0) for r in rows], default=0)
+    style_caption(fig, f"Points: mean ± 1 s.e. over {n} units (world, seed); change = after - before training."
+                  if n > 1 else "One unit: no error bars.")
     return finish(fig, out_dir, result)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from dynamics.figures.common import pyplot
+from dynamics.figures.style import styled
 
 __all__ = ["PHASE_COLOURS", "plot_phase_diagram"]
 
@@ -33,6 +34,7 @@ def _pm(v, scale: float = 100.0) -> str:
     return f"{scale * mean:+.1f} ± {scale * se:.1f}"
 
 
+@styled
 def plot_phase_diagram(rows: Mapping[str, Mapping[str, Mapping]], couplings: Sequence[str], judges: Sequence[str],
                        *, title: str, win_key: str | None = None, caption: str = "",
                        missing: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None):

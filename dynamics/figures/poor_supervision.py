@@ -27,12 +27,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from dynamics.figures.common import error_bar, pyplot, save_figure, write_summary
+from dynamics.figures.common import error_bar, save_figure, write_summary
 from dynamics.figures.phase import PHASE_COLOURS, plot_phase_diagram
+from dynamics.figures.style import arm_styles, legend_below, panels, styled
+from dynamics.figures.style import caption as style_caption
 
 __all__ = ["draw_poor_supervision", "plot_poor_supervision"]
 
-_PANELS = (("gen", "ΔGen accuracy"), ("fp", "ΔFP rate"), ("exact_non_unification", "ΔNon"))
+_PANELS = (("gen", r"$\Delta$Gen accuracy"), ("fp", r"$\Delta$FP rate"), ("exact_non_unification", r"$\Delta$Non"))
 _MARKERS = {"decoupled": "s", "trunk": "^", "tied": "D", "bayes": "o"}
 
 
@@ -41,14 +43,16 @@ def _pct(v) -> str:
     return "n/a" if n == 0 or math.isnan(m) else f"{100 * m:.0f} ± {100 * error_bar(se):.0f} % (n {n})"
 
 
-def plot_poor_supervision(summary: dict, couplings, *, title: str):
+@styled
+def plot_poor_supervision(summary: dict, couplings, *, title: str, caption: str = ""):
     """The changes beyond the control against the judge's knob (see the module docstring)."""
-    plt = pyplot()
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6.2), squeeze=False)
+    fig, flat = panels(6, height=2.1)
+    axes = [flat[:3], flat[3:]]
+    look = arm_styles(list(couplings))
     series = (("lookalike", [f"lookalike:{p:g}" for p in summary["lookalike_ps"]], summary["lookalike_ps"],
-               "look-alike judge: p (near misses accepted)"),
+               "look-alike judge: $p$"),
               ("pr", [f"pr:{q:g},{summary['recall']:g}" for q in summary["precisions"]], summary["precisions"],
-               f"pr judge: precision (recall {summary['recall']:g}, errors near misses first)"))
+               f"pr judge: precision (recall {summary['recall']:g})"))
     for i, (_, judges, xs, xlabel) in enumerate(series):
         for j, (key, label) in enumerate(_PANELS):
             ax = axes[i][j]
@@ -61,32 +65,37 @@ def plot_poor_supervision(summary: dict, couplings, *, title: str):
                 x = [p[0] for p in pts]
                 y = [100 * p[1][key][0] for p in pts]
                 e = [100 * error_bar(p[1][key][1]) for p in pts]
-                line = ax.errorbar(x, y, yerr=e, lw=1, capsize=2, label=c, marker=None)
-                ax.scatter(x, y, marker=_MARKERS.get(c, "o"), s=30, zorder=3, edgecolors=line[0].get_color(),
+                st = look[c]
+                ax.errorbar(x, y, yerr=e, lw=1, color=st["color"], ls=st["ls"], label=f"coupling {c} (line)")
+                ax.scatter(x, y, marker=_MARKERS.get(c, "o"), s=30, zorder=3, edgecolors=st["color"],
                            c=[PHASE_COLOURS[p[1]["phase"]] for p in pts], linewidths=1.2)
             if i == 1:
                 ax.invert_xaxis()
-            ax.set_xlabel(xlabel, fontsize=7)
-            ax.set_ylabel(f"{label} (points)", fontsize=7)
-            ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7, title="coupling (line)", title_fontsize=7)
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{label} (points)")
     from matplotlib.patches import Patch
 
-    handles = [Patch(facecolor=col, edgecolor="black", lw=0.5, label=name) for name, col in PHASE_COLOURS.items()]
-    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=7, frameon=False,
-               title="phase (marker fill)", title_fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0.07, 1, 0.97))
+    handles = [h for h in flat[0].get_legend_handles_labels()[0]]
+    handles += [Patch(facecolor=col, edgecolor="black", lw=0.5, label=f"phase: {name} (marker fill)")
+                for name, col in PHASE_COLOURS.items()]
+    legend_below(fig, handles=handles, labels=[h.get_label() for h in handles], ncol=3)
+    fig.suptitle(title)
+    style_caption(fig, caption)
     return fig
 
 
+@styled
 def draw_poor_supervision(result: dict, out_dir: str | Path) -> list[Path]:
     """Both figures and the numbers: ``<name>.png/.pdf``, ``<name>_phase.png/.pdf``, ``<name>.json``."""
     s, plot = result["summary"], result["plot"]
     couplings = [c for c in plot["couplings"] if c in s["rows"]]
-    fig = plot_poor_supervision(s, couplings, title="poor supervision (SFT, simulator): change beyond the "
-                                                    "unfiltered control 'all', mean ± s.e. over units; FP: the "
-                                                    "understanding's false positives on the pre-trained samples")
+    n = max((row["gen"][2] for c in couplings for row in s["rows"][c].values() if "gen" in row), default=0)
+    fig = plot_poor_supervision(s, couplings, title="poor supervision (SFT, simulator): change beyond the control 'all'",
+                                caption=f"Points: mean ± 1 s.e. over {n} units ({len(s['worlds'])} worlds x seeds), "
+                                        "paired with the unfiltered control 'all'. Top: the look-alike judge accepts near misses "
+                                        "with probability p; bottom: the pr judge at a set precision and recall, its "
+                                        "errors near misses first. FP: the understanding's false positives on the "
+                                        "pre-trained samples.")
     paths = save_figure(fig, out_dir, result["name"])
     alarm = "; ".join(f"{c}: false alarms {_pct(a['false_alarm_rate'])}, misses {_pct(a['miss_rate'])} "
                       f"(co-degrading with Non falling: {_pct(a['co_degradation_miss_rate'])})"

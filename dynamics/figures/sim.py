@@ -18,12 +18,27 @@ Example (a result as :func:`dynamics.sim.experiments.eta_slope` returns it)::
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from dynamics.figures.common import error_bar, finish, pyplot, save_figure, write_summary
+from dynamics.figures.common import error_bar, finish, save_figure, write_summary
 from dynamics.figures.phase import plot_phase_diagram
-from dynamics.report import LABELS, aggregate
+from dynamics.figures.style import (
+    COLOURS,
+    CONTROL_STYLES,
+    SYMBOLS,
+    arm_style,
+    arm_styles,
+    band_caption,
+    legend_below,
+    panel_title,
+    panels,
+    styled,
+    yerr,
+)
+from dynamics.figures.style import caption as style_caption
+from dynamics.report import CURVE_KEYS, LABELS, aggregate
 
 __all__ = [
     "draw_co_improvement_vs_degradation",
@@ -40,6 +55,7 @@ __all__ = [
     "plot_fp_correction",
     "plot_predicted_vs_measured",
     "save_figure",
+    "write_curves",
     "write_summary",
 ]
 
@@ -54,89 +70,132 @@ def _curve(arm, key: str) -> list[list]:
     return [[e, *v] for e, v in aggregate(getattr(arm, "records", arm), key).items()]
 
 
+def _units(arms: Mapping, keys: Sequence[str]) -> int:
+    """The largest number of seeds behind any point of the curves."""
+    ns = [r[3] for arm in arms.values() for k in keys for r in _curve(arm, k) if len(r) > 3 and r[3] is not None]
+    return int(max(ns, default=1))
+
+
+@styled
 def plot_curves(
     arms: Mapping,
     keys: Sequence[str],
     *,
     title: str | None = None,
     styles: dict[str, dict] | None = None,
+    caption: str | None = None,
+    figure=None,
 ):
-    """One panel per metric, one line per arm (mean ± one standard error across seeds). Returns the
-    figure. ``arms`` maps a label to its curves (``{key: [[epoch, mean, s.e., n], ...]}``, see
-    :func:`dynamics.sim.experiments.curves`), to its records, or to an arm holding ``.records``.
+    """One panel per metric (rows of at most three), one line per arm: the mean across seeds with a
+    band of ± one standard error (no band for one seed); colour and line style per arm, the legend
+    below the panels, a caption naming the bands (``caption`` replaces it). Returns the figure.
+    ``arms`` maps a label to its curves (``{key: [[epoch, mean, s.e., n], ...]}``, see
+    :func:`dynamics.sim.experiments.curves`), to its records, or to an arm holding ``.records``;
+    ``styles`` override the line keywords of some labels; ``figure``: a ``Figure`` class to build
+    without pyplot.
 
     >>> recs = [{"epoch": e, "seed": s, "x": e + s} for e in (0, 1) for s in (0, 1)]
     >>> len(plot_curves({"demo": recs, "given": {"x": [[0, 0.5, 0.1, 2], [1, 1.0, 0.1, 2]]}}, ["x"]).axes)
     1
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.9), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = panels(len(keys), figure=figure)
+    look = arm_styles(list(arms))
+    for label, over in (styles or {}).items():
+        look.setdefault(label, {}).update(over)
+    for ax, key in zip(axes, keys):
         for label, arm in arms.items():
             rows = _curve(arm, key)
             xs = [r[0] for r in rows]
             m = [math.nan if r[1] is None else r[1] for r in rows]
-            se = [error_bar(r[2]) for r in rows]
-            style = {"marker": "o", "ms": 2.5, **((styles or {}).get(label, {}))}
+            se = [error_bar(r[2]) if len(r) < 4 or (r[3] or 0) > 1 else 0.0 for r in rows]
+            style = {"ms": 3, **look.get(label, {})}
             (line,) = ax.plot(xs, m, label=label, **style)
-            ax.fill_between(
-                xs,
-                [a - b for a, b in zip(m, se)],
-                [a + b for a, b in zip(m, se)],
-                alpha=0.2,
-                color=line.get_color(),
-            )
-        ax.set_title(LABELS.get(key, key), fontsize=9)
+            if any(se):
+                ax.fill_between(xs, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], alpha=0.12,
+                                color=line.get_color(), lw=0)
+        panel_title(ax, LABELS.get(key, key))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if "win_rate" in key:
-            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-    axes[0][0].legend(fontsize=7)
+            ax.axhline(0.5, color="grey", lw=0.8, ls=(0, (1, 2)))
+    if len(arms) > 1:
+        legend_below(fig, axes)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
+    style_caption(fig, caption if caption is not None else band_caption(_units(arms, keys)))
     return fig
 
 
+def write_curves(records: Sequence[dict], path: str | Path, *, title: str,
+                 keys: Sequence[str] = CURVE_KEYS) -> Path:
+    """A run's ``curves.png``: :func:`plot_curves` of its records (one arm, its seeds), drawn without
+    pyplot (a run's plots never touch the session's backend). Returns the path.
+
+    >>> import tempfile, os
+    >>> recs = [{"epoch": e, "seed": 0, **dict.fromkeys(CURVE_KEYS, 0.5)} for e in (0, 1)]
+    >>> os.path.getsize(write_curves(recs, os.path.join(tempfile.mkdtemp(), "c.png"), title="demo")) > 0
+    True
+    """
+    from matplotlib.figure import Figure
+
+    fig = plot_curves({"run": records}, keys, title=textwrap.fill(title, 110), figure=Figure)
+    path = Path(path)
+    fig.savefig(path, dpi=130, bbox_inches="tight")
+    return path
+
+
+@styled
 def plot_corrupt_scan(
     rows: Sequence[dict],
     keys: Sequence[str],
     *,
     controls: dict[str, dict] | None = None,
     title: str | None = None,
+    caption: str | None = None,
 ):
     """Paired change (after - before, mean ± s.e.) of each key against the corruption ``p``; the
-    controls' changes as horizontal lines. Returns the figure.
+    controls' changes (``self``: the uncorrupted judge, ``all``, ``oracle``) as horizontal lines.
+    Returns the figure.
 
     >>> rows = [{"p": p, "x": (-p, 0.01, 2)} for p in (0.0, 0.5, 1.0)]
     >>> len(plot_corrupt_scan(rows, ["x"], controls={"all": {"x": (0.1, 0.0, 2)}}).axes)
     1
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys), 2.9), squeeze=False)
+    fig, axes = panels(len(keys))
     ps = [r["p"] for r in rows]
-    for ax, key in zip(axes[0], keys):
+    look = arm_styles(["corrupt:p", *(controls or {})])
+    n = 1
+    for ax, key in zip(axes, keys):
         m = [r[key][0] for r in rows]
-        se = [error_bar(r[key][1]) for r in rows]
-        ax.errorbar(ps, m, yerr=se, marker="o", ms=3, capsize=2, label="corrupt:p")
-        for i, (name, ch) in enumerate((controls or {}).items()):
-            ax.axhline(ch[key][0], color=f"C{i + 1}", lw=1, ls="--", label=name)
-        ax.axhline(0.0, color="grey", lw=0.6)
-        ax.set_title("change of " + LABELS.get(key, key), fontsize=8)
-        ax.set_xlabel("corruption p")
-    axes[0][0].legend(fontsize=7)
+        n = max([n] + [r[key][2] for r in rows])
+        errs = [yerr(r[key][1], r[key][2]) for r in rows]
+        ax.errorbar(ps, m, yerr=None if None in errs else errs, label="corrupt:p", **look["corrupt:p"])
+        for name, ch in (controls or {}).items():
+            st = look[name]
+            ax.axhline(ch[key][0], color=st["color"], ls=st["ls"], lw=1.2, label=f"{name} (control)")
+        ax.axhline(0.0, color="grey", lw=0.5)
+        panel_title(ax, "change of " + LABELS.get(key, key))
+        ax.set_xlabel("corruption $p$ (verdicts inverted)")
+    legend_below(fig, axes)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
+    style_caption(fig, caption if caption is not None else band_caption(n, what="Points", spread="error bars")
+                  + " Change = after - before training, paired per seed.")
     return fig
 
 
-def _pair_bars(ax, vals, labels, title):
-    """Two bars of (mean, standard error, n) values, red against grey."""
-    ax.bar([0, 1], [v[0] for v in vals], yerr=[error_bar(v[1]) for v in vals], color=["C3", "C7"], capsize=3)
+def _pair_points(ax, vals, labels, title):
+    """Two (mean, standard error, n) values as points with error bars (the axis need not start at zero)."""
+    for i, v in enumerate(vals):
+        ax.errorbar([i], [v[0]], yerr=yerr(v[1], v[2]), marker="o", ms=5, color=COLOURS[i], ls="none")
     ax.set_xticks([0, 1], labels)
-    ax.set_title(title, fontsize=9)
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_title(title)
 
 
+@styled
 def plot_fp_correction(
     delta_g: Mapping[str, Sequence[float]],
     ratios: Mapping[str, Sequence[float]],
@@ -144,6 +203,7 @@ def plot_fp_correction(
     rates: Mapping[str, Sequence] | None = None,
     *,
     title: str | None = None,
+    caption: str | None = None,
 ):
     """Panels: the dominance ratio ``||K(Y0,Yu)|| / ||K(Yi,Yu)||`` of false-positive-corrected against
     random misaligned pairs; their ``Delta G``; their similarity to the training prompts; with
@@ -158,44 +218,51 @@ def plot_fp_correction(
     >>> len(fig.axes)
     4
     """
-    plt = pyplot()
-    n_panels = 4 if rates else 3
-    fig, axes = plt.subplots(1, n_panels, figsize=(3.5 * n_panels, 2.9))
+    fig, axes = panels(4 if rates else 3, cols=2, height=2.3)
+    groups = (("corrected", COLOURS[1], "FP corrected"), ("random", COLOURS[0], "random misaligned"))
     ax = axes[0]
-    for name, colour in (("random", "C7"), ("corrected", "C3")):
+    for name, colour, lab in groups:
         vals = [math.log10(v) for v in ratios.get(name, []) if v > 0]
         if vals:
-            ax.hist(vals, bins=15, alpha=0.55, density=True, color=colour, label=f"{name} ({len(vals)})")
-    ax.axvline(0.0, color="grey", ls="--", lw=0.8)
-    ax.legend(fontsize=7)
-    ax.set_title("dominance ratio (log10)", fontsize=9)
-    ax.set_xlabel("log10 ||K(Y0,Yu)|| / ||K(Yi,Yu)||")
+            ax.hist(vals, bins=15, density=True, color=colour, histtype="step", lw=1.5,
+                    ls="-" if name == "corrected" else "--", label=f"{lab} pairs")
+    ax.axvline(0.0, color="grey", ls=":", lw=0.8)
+    ax.set_title("dominance ratio")
+    ax.set_xlabel(SYMBOLS["dominance"])
+    ax.set_ylabel("density")
     ax = axes[1]
     corr, rand = list(delta_g.get("corrected", [])), list(delta_g.get("random", []))
     bins = 30
     if corr or rand:
         lo, hi = min(corr + rand), max(corr + rand)
         bins = [lo + (hi - lo) * i / 30 for i in range(31)] if hi > lo else 30
-    if rand:
-        ax.hist(rand, bins=bins, alpha=0.5, density=True, label=f"random ({len(rand)})", color="C7")
-    if corr:
-        ax.hist(corr, bins=bins, alpha=0.6, density=True, label=f"FP corrected ({len(corr)})", color="C3")
+    for name, colour, lab in groups:
+        vals = corr if name == "corrected" else rand
+        if vals:
+            ax.hist(vals, bins=bins, density=True, color=colour, histtype="step", lw=1.5,
+                    ls="-" if name == "corrected" else "--", label=f"{lab} pairs")
     ax.axvline(0.0, color="grey", lw=0.6)
-    ax.set_title("Delta G = Delta log pi(x0|y0)", fontsize=9)
-    ax.legend(fontsize=7)
-    _pair_bars(axes[2], [similarity["corrected"], similarity["random"]], ["FP corrected", "random"],
-               "similarity to nearest training prompt")
+    ax.set_title("generation change of the probe")
+    ax.set_xlabel(SYMBOLS["delta_g"])
+    ax.set_ylabel("density")
+    _pair_points(axes[2], [similarity["corrected"], similarity["random"]], ["FP corrected", "random"],
+                 "similarity to the nearest training prompt")
     if rates:
-        _pair_bars(axes[3], [rates["trained"], rates["held_out"]], ["trained prompts", "held-out prompts"],
-                   "share of false positives corrected")
+        _pair_points(axes[3], [rates["trained"], rates["held_out"]], ["trained prompts", "held-out prompts"],
+                     "share of false positives corrected")
+    legend_below(fig, axes[:2])
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
+    n = len(corr)
+    style_caption(fig, caption if caption is not None else
+                  f"Histograms over pairs ({n} corrected, {len(rand)} random); points: mean ± 1 s.e.")
     return fig
 
 
+@styled
 def plot_predicted_vs_measured(points: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]],
-                               rel_err: Mapping[str, Sequence] | None = None, *, title: str | None = None):
+                               rel_err: Mapping[str, Sequence] | None = None, *, title: str | None = None,
+                               caption: str | None = None):
     """Scatter of measured against first-order predicted ``Delta G`` and ``Delta U`` (every tracked
     step, replica and probe), misaligned probes in red, with the identity line. ``points[key][group]``
     (``key`` ``g`` or ``u``, ``group`` ``misaligned`` or ``aligned``) holds ``predicted`` and
@@ -207,28 +274,33 @@ def plot_predicted_vs_measured(points: Mapping[str, Mapping[str, Mapping[str, Se
     >>> len(plot_predicted_vs_measured(pts, {"g": (0.05, 0.01, 1), "u": (0.1, 0.01, 1)}).axes)
     2
     """
-    plt = pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.2))
-    for ax, key, name in ((axes[0], "g", "Delta G"), (axes[1], "u", "Delta U")):
-        for group, colour, lab in (("misaligned", "C3", "misaligned probe"), ("aligned", "C0", "aligned probe")):
+    fig, axes = panels(2, height=3.0)
+    for ax, key in ((axes[0], "g"), (axes[1], "u")):
+        name = SYMBOLS[f"d{key.upper()}"]
+        for group, colour, marker, lab in (("aligned", COLOURS[0], "o", "aligned probe"),
+                                           ("misaligned", COLOURS[1], "^", "misaligned probe")):
             pts = points[key][group]
-            ax.scatter(pts["predicted"], pts["measured"], s=4, alpha=0.4, color=colour, label=lab)
+            ax.scatter(pts["predicted"], pts["measured"], s=5, alpha=0.5, color=colour, marker=marker, label=lab)
         allv = [v for pts in points[key].values() for v in list(pts["predicted"]) + list(pts["measured"])]
         if allv:
             lo, hi = min(allv), max(allv)
-            ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+            ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", label="measured = predicted")
         rel = (rel_err or {}).get(key)
-        ax.set_title(f"{name}: rel. error {rel[0]:.3f}" if rel and rel[2] else name, fontsize=9)
-        ax.set_xlabel("predicted (first order, exact eNTK)")
-        ax.set_ylabel("measured")
-    axes[0].legend(fontsize=7)
+        ax.set_title(f"{name}: mean relative error {rel[0]:.3f}" if rel and rel[2] else name)
+        ax.set_xlabel(f"predicted {name} (first order, exact eNTK)")
+        ax.set_ylabel(f"measured {name}")
+    legend_below(fig, axes)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
+    style_caption(fig, caption if caption is not None else
+                  "One point per tracked step, replica and probe. Relative error: "
+                  r"$|\Delta_{\rm measured} - \Delta_{\rm predicted}| / |\Delta_{\rm predicted}|$, averaged.")
     return fig
 
 
-def plot_eta_slope(rows_by_label: Mapping[str, Sequence[dict]], *, title: str | None = None):
+@styled
+def plot_eta_slope(rows_by_label: Mapping[str, Sequence[dict]], *, title: str | None = None,
+                   caption: str | None = None):
     """Log-log max residual of the first-order prediction against the step size, per setting, with
     a slope-2 reference line; the fitted slopes in the legend. ``rows_by_label``: label -> the rows of
     :func:`dynamics.sim.study.eta_scaling`. Returns the figure.
@@ -238,71 +310,78 @@ def plot_eta_slope(rows_by_label: Mapping[str, Sequence[dict]], *, title: str | 
     >>> len(plot_eta_slope({"SFT": rows}).axes)
     2
     """
-    plt = pyplot()
     from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0))
-    for ax, key, name in ((axes[0], "g", "Delta G"), (axes[1], "u", "Delta U")):
+    fig, axes = panels(2, height=2.6)
+    for ax, key in ((axes[0], "g"), (axes[1], "u")):
+        name = SYMBOLS[f"d{key.upper()}"]
         for i, (label, rows) in enumerate(rows_by_label.items()):
-            lrs = [r["lr"] for r in rows]
-            res = [r[f"resid_{key}"][0] for r in rows]
-            ax.loglog(
-                lrs,
-                res,
-                marker="o",
-                ms=3,
-                color=f"C{i}",
-                label=f"{label}: slope {rows[-1][f'slope_{key}']:.2f}",
-            )
+            st = arm_style(i)
+            ax.loglog([r["lr"] for r in rows], [r[f"resid_{key}"][0] for r in rows], **st,
+                      label=f"{label}: slope {rows[-1][f'slope_{key}']:.2f} ({name})")
         if rows_by_label:
             first = next(iter(rows_by_label.values()))
             lr0, r0 = first[0]["lr"], first[0][f"resid_{key}"][0]
             ref = [0.3 * r0 * (r["lr"] / lr0) ** 2 for r in first]  # offset so it does not hide a curve
-            ax.loglog([r["lr"] for r in first], ref, color="grey", ls="--", lw=0.8, label="slope 2")
-        ax.set_title(f"{name}: max |measured - predicted|", fontsize=9)
-        ax.set_xlabel("step size eta")
+            ax.loglog([r["lr"] for r in first], ref, color="grey", ls=":", lw=1.0, label="slope 2 (reference)")
+        ax.set_title(f"{name}: max |measured - predicted|")
+        ax.set_xlabel(SYMBOLS["eta"])
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(fontsize=6)
+    legend_below(fig, axes)
     if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+        fig.suptitle(title)
+    style_caption(fig, caption if caption is not None else
+                  "Max over probes of the residual of one step; slope: least-squares fit in log-log.")
     return fig
 
 
 # --------------------------------------------------------------------------------------- figures
 # Each takes the result of the experiment of the same name in dynamics.sim.experiments.
 
-CONTROL_STYLES = {"all": {"ls": "--", "color": "grey"}, "oracle": {"ls": ":", "color": "k"}}
+def _size_text(size: Mapping) -> str:
+    return f"P = V = {size['prompts']}, {size['epochs']} epochs"
 
 
+@styled
 def draw_training_curves(result: dict, out_dir: str | Path) -> list[Path]:
     """The training curves of SFT, DPO and curriculum SFT against the unfiltered control."""
     size, plot = result["summary"]["size"], result["plot"]
     fig = plot_curves(
         plot["curves"],
         plot["keys"],
-        title=f"CLO on the simulator (P=V={size['prompts']}, {size['seeds']} seeds)",
-        styles={plot["control"]: {"ls": "--", "color": "grey"}, plot["curriculum"]: {"ls": ":", "marker": "x"}},
+        title=f"CLO on the simulator ({_size_text(size)})",
+        styles={plot["control"]: dict(CONTROL_STYLES["all"])},
+        caption=band_caption(size["seeds"]) + " Grey dashed: the unfiltered control (every sample trained on).",
     )
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_co_improvement_vs_degradation(result: dict, out_dir: str | Path) -> list[Path]:
     """The self judge against ``corrupt:p``, with the unfiltered and oracle controls."""
-    plot = result["plot"]
+    plot, size = result["plot"], result["summary"].get("size", {})
     fig = plot_curves(plot["curves"], plot["keys"], title="co-improvement (self) vs co-degradation (corrupt judge)",
-                      styles=CONTROL_STYLES)
+                      caption=band_caption(size["seeds"]) if "seeds" in size else None)
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_corrupt_scan(result: dict, out_dir: str | Path) -> list[Path]:
-    """The paired change of each metric against the corruption ``p``, with the controls."""
-    plot = result["plot"]
-    fig = plot_corrupt_scan(result["summary"]["rows"], plot["keys"], controls=plot["controls"],
-                            title="corrupt:p judge: change over training")
+    """The paired change of each metric against the corruption ``p``, with the controls (the self judge
+    at ``p = 0`` among them, where the summary has it)."""
+    s, plot = result["summary"], result["plot"]
+    controls = dict(plot["controls"])
+    self_arm = s.get("controls", {}).get("self", {})
+    if all(k in self_arm for k in plot["keys"]):
+        controls = {"self": {k: self_arm[k]["change"] for k in plot["keys"]}, **controls}
+    fig = plot_corrupt_scan(s["rows"], plot["keys"], controls=controls, title="corrupt:p judge: change over training",
+                            caption=band_caption(s["size"]["seeds"], what="Points", spread="error bars")
+                            + " Change = after - before training, paired per seed; lines: the controls' changes."
+                            if "size" in s else None)
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
     """Coupling x judge quality, each arm placed by its phase."""
     s, plot = result["summary"], result["plot"]
@@ -322,14 +401,19 @@ def draw_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_curriculum(result: dict, out_dir: str | Path) -> list[Path]:
     """Curriculum replay early against late, and the adaptive trigger."""
     plot, candidates = result["plot"], result["summary"]["candidates"]
+    size = result["summary"].get("size", {})
     per_prompt = f"{candidates} candidate{'s' if candidates != 1 else ''} per prompt"
-    fig = plot_curves(plot["curves"], plot["keys"], title=f"curriculum replay (self judge, {per_prompt})")
+    fig = plot_curves(plot["curves"], plot["keys"], title=f"curriculum replay (self judge, {per_prompt})",
+                      caption=(band_caption(size["seeds"]) + " epochs:e = replay of the discard pool at epoch e; "
+                               "adaptive = the loop's adaptive trigger (CLOConfig.curriculum).") if "seeds" in size else None)
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_fp_correction(result: dict, out_dir: str | Path) -> list[Path]:
     """The false-positive-correction mechanism."""
     s, plot = result["summary"], result["plot"]
@@ -343,6 +427,7 @@ def draw_fp_correction(result: dict, out_dir: str | Path) -> list[Path]:
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_predicted_vs_measured(result: dict, out_dir: str | Path) -> list[Path]:
     """Measured against first-order predicted one-step changes."""
     s = result["summary"]
@@ -351,6 +436,7 @@ def draw_predicted_vs_measured(result: dict, out_dir: str | Path) -> list[Path]:
     return finish(fig, out_dir, result)
 
 
+@styled
 def draw_eta_slope(result: dict, out_dir: str | Path) -> list[Path]:
     """The first-order residual against the step size. (Example in the module docstring.)"""
     fig = plot_eta_slope(result["summary"]["rows"], title="first-order prediction error of one CLO step")

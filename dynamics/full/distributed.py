@@ -1,4 +1,4 @@
-"""Many processes: rank detection, the process group, the DDP wrapper.
+"""Many processes: rank detection, the process group, the DDP wrapper and FSDP2 sharding.
 
 Runs launched with ``torchrun --nproc_per_node K experiments/full_clo.py ...`` (or ``accelerate
 launch --config_file experiments/configs/ddp.yaml experiments/full_clo.py ...``, which starts the
@@ -16,6 +16,15 @@ same processes) split the work this way:
    replica on its own data and they would drift apart.
 
 Without a process group everything degrades to one process, so the same code runs on one device.
+
+Fully sharded (``--parallel fsdp``, or ``accelerate launch --config_file experiments/configs/fsdp.yaml``):
+:func:`wrap_fsdp` shards the training module with FSDP2 (``torch.distributed.fsdp.fully_shard``: each
+transformer layer, then the root), so parameters, gradients and optimizer states are split over the
+ranks (AdamW on a 7B trunk does not fit one 80 GB device unsharded). Training steps run sharded; the
+loop gathers the full parameters on every rank for sampling and judging (:func:`set_phase`: inference
+fits one device, and a gathered model needs no collective per forward, so ranks may sample different
+numbers of chunks); checkpoints are sharded too (:func:`save_sharded`, :func:`load_sharded`, through
+``torch.distributed.checkpoint``).
 
 Example (one process)::
 
@@ -38,7 +47,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "dist_info", "init_distributed", "wrap_ddp"]
+__all__ = ["PARALLEL", "DistInfo", "dist_info", "global_sum", "grad_sq_norm", "init_distributed", "is_sharded",
+           "load_sharded", "parallel_mode", "save_sharded", "set_phase", "wrap_ddp", "wrap_fsdp"]
+
+#: How a multi-process run splits the training module: ``ddp`` (a full replica per rank, gradients
+#: all-reduced) or ``fsdp`` (FSDP2: parameters, gradients and optimizer states sharded over ranks);
+#: ``auto`` is ``fsdp`` under ``accelerate launch`` with an FSDP config, else ``ddp``.
+PARALLEL = ("auto", "ddp", "fsdp")
 
 
 @dataclass(frozen=True)
@@ -145,3 +160,156 @@ def wrap_ddp(
     return nn.parallel.DistributedDataParallel(
         module, device_ids=device_ids, find_unused_parameters=find_unused_parameters, **kwargs
     )
+
+
+def parallel_mode(requested: str = "auto", world_size: int | None = None) -> str:
+    """The parallel mode a run uses: ``requested`` (one of :data:`PARALLEL`) resolved against the
+    launch. ``auto`` reads accelerate's ``ACCELERATE_USE_FSDP``; ``fsdp`` needs several processes
+    (ValueError naming the launch otherwise), and DeepSpeed launches are refused with the reason.
+
+    >>> parallel_mode("auto", world_size=1)
+    'ddp'
+    """
+    if requested not in PARALLEL:
+        raise ValueError(f"--parallel must be one of {', '.join(PARALLEL)}, got {requested!r}")
+    world = dist_info().world_size if world_size is None else world_size
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ValueError("accelerate launched this run with a DeepSpeed config; this package shards with FSDP2 "
+                         "(experiments/configs/fsdp.yaml or --parallel fsdp under torchrun)")
+    mode = requested
+    if mode == "auto":
+        mode = "fsdp" if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" else "ddp"
+    if mode == "fsdp" and world < 2:
+        raise ValueError(f"--parallel fsdp shards over several processes, but WORLD_SIZE={world}: launch with "
+                         "torchrun --nproc_per_node K (K >= 2) or accelerate launch --config_file "
+                         "experiments/configs/fsdp.yaml")
+    return mode
+
+
+def _units(module: nn.Module) -> list[nn.Module]:
+    """The modules FSDP shards one by one: those whose class a transformers model lists in
+    ``_no_split_modules`` (its transformer layers), found in ``module``'s tree."""
+    names: set[str] = set()
+    for m in module.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return [m for m in module.modules() if type(m).__name__ in names and m is not module]
+
+
+def wrap_fsdp(module: nn.Module, *, units: list[nn.Module] | None = None, **kwargs: Any) -> nn.Module:
+    """Shard ``module`` in place with FSDP2 (``fully_shard``) when a process group with more than one
+    rank exists: each of ``units`` (default: the transformer layers, see ``_no_split_modules``), then
+    ``module`` itself (everything left, frozen parameters included). Returns ``module``. Build the
+    optimizer over its parameters *after* this call (they become sharded ``DTensor``s), and compute
+    training log-probabilities through its forward.
+
+    >>> m = nn.Linear(2, 1)
+    >>> wrap_fsdp(m) is m and not is_sharded(m)  # one process: unchanged
+    True
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return module
+    from torch.distributed.fsdp import fully_shard
+
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ValueError("wrap_fsdp: the module has no trainable parameters (check the parameter scope)")
+    for unit in _units(module) if units is None else units:
+        fully_shard(unit, **kwargs)
+    fully_shard(module, **kwargs)
+    # FSDP initialises lazily in the root's first forward and refuses a first forward through a unit;
+    # the judge reads images through the vision layers directly, so initialise now (no public call does this)
+    module._get_fsdp_state()._lazy_init()
+    return module
+
+
+def _sharded(module: nn.Module | None) -> list[nn.Module]:
+    if module is None or not (dist.is_available() and dist.is_initialized()):
+        return []
+    from torch.distributed.fsdp import FSDPModule
+
+    return [m for m in module.modules() if isinstance(m, FSDPModule)]
+
+
+def is_sharded(module: nn.Module | None) -> bool:
+    """Whether ``module`` (or any submodule) was sharded by :func:`wrap_fsdp`."""
+    return bool(_sharded(module))
+
+
+def set_phase(module: nn.Module | None, training: bool) -> None:
+    """Put a sharded module in its training layout (parameters sharded, gathered per layer in each
+    forward and freed after it) or its inference layout (every parameter gathered on every rank and
+    kept: forwards then need no collective, so ranks may run different numbers of them, as the
+    loop's prompt sharding does). A collective: every rank calls it at the same point. No-op for a
+    module that is not sharded."""
+    mods = _sharded(module)
+    if not mods:
+        return
+    for m in mods:
+        m.set_reshard_after_forward(training, recurse=False)
+        if training:
+            m.reshard()
+        else:
+            m.unshard()
+
+
+def global_sum(x: torch.Tensor) -> torch.Tensor:
+    """``x`` summed over the ranks of the process group (a copy; ``x`` itself with one process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    out = x.detach().clone()
+    dist.all_reduce(out)
+    return out
+
+
+def grad_sq_norm(params) -> torch.Tensor:
+    """The squared global norm of the gradients of ``params`` in float64. Sharded gradients
+    (``DTensor``) contribute their local shards and are summed over ranks; shards partition the
+    elements, so the result equals the unsharded model's."""
+    from torch.distributed.tensor import DTensor
+
+    local = torch.zeros((), dtype=torch.float64)
+    sharded = False
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        if isinstance(g, DTensor):
+            sharded, g = True, g.to_local()
+        local = local + (g.detach().double() ** 2).sum().cpu()
+    return global_sum(local) if sharded else local
+
+
+def save_sharded(path, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Write the sharded module's and optimizer's state to the directory ``path`` with
+    ``torch.distributed.checkpoint`` (each rank its own shards). An optimizer that has not stepped yet
+    has no state and none is written (reading it through ``get_optimizer_state_dict`` would create one
+    with a zero step, which advances Adam's step count). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    set_phase(module, True)  # the state dict is read in the sharded layout
+    state = {"model": get_model_state_dict(module)}
+    if optimizer.state:
+        state["optimizer"] = get_optimizer_state_dict(module, optimizer)
+    dcp.save(state, checkpoint_id=str(path))
+
+
+def load_sharded(path, module: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Restore :func:`save_sharded`'s directory ``path`` into ``module`` and ``optimizer`` (resharded
+    to this run's ranks by ``torch.distributed.checkpoint``). A collective."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    set_phase(module, True)
+    saved = dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata
+    state = {"model": get_model_state_dict(module)}
+    if any(k.startswith("optimizer") for k in saved):
+        state["optimizer"] = get_optimizer_state_dict(module, optimizer)
+    dcp.load(state, checkpoint_id=str(path))
+    set_model_state_dict(module, state["model"])
+    if "optimizer" in state:
+        set_optimizer_state_dict(module, optimizer, state["optimizer"])

@@ -317,9 +317,9 @@ class JanusUnified:
     def _bar(self, it, desc: str):
         if not self.progress:
             return it
-        from tqdm.auto import tqdm
+        from dynamics.report import progress as progress_bar
 
-        return tqdm(it, desc=desc)
+        return progress_bar(it, desc=desc)
 
     def sample(self, prompt_ids: torch.Tensor, n: int, *, seed: int) -> torch.Tensor:
         """``n`` candidates per prompt, ``(1, B, n, M)`` long (CPU). Row (prompt p, candidate j) uses the

@@ -32,13 +32,17 @@ from pathlib import Path
 import torch
 
 __all__ = [
+    "CHAMELEON_UNSUPPORTED",
+    "FAMILIES",
     "PRESETS",
     "build_from_config",
     "build_preset",
     "build_processor",
     "build_tokenizer",
+    "checkpoint_source",
     "configure_generation",
     "load_janus",
+    "model_family",
     "preset_config",
 ]
 
@@ -322,11 +326,23 @@ def preset_config(name: str, *, image_tokens: int | None = None, vocab_size: int
     return JanusConfig(text_config=text, vision_config=vision, vq_config=vq)
 
 
-def build_tokenizer(words=DEFAULT_WORDS):
+def build_tokenizer(
+    words=DEFAULT_WORDS,
+    *,
+    special_tokens=None,
+    roles=None,
+    extra_special_tokens=None,
+    add_bos: bool = True,
+    split_digits: bool = False,
+):
     """A small word-level :class:`~transformers.PreTrainedTokenizerFast` with Janus's special tokens, offline.
 
     Words split on whitespace and punctuation; unknown words map to ``<unk>``; a BOS token is prepended and
-    padding is on the left (as Janus's processor does).
+    padding is on the left (as Janus's processor does). Other model families pass their own
+    ``special_tokens`` (atomic added tokens, listed first, so their ids are ``0..``), ``roles`` (the
+    ``bos_token``/``eos_token``/``pad_token``/``unk_token`` strings), ``extra_special_tokens`` (named
+    tokens such as ``image_token``), ``add_bos=False`` (a processor that prepends BOS itself) and
+    ``split_digits`` (each digit its own token, so sizes such as ``16*16`` encode).
 
     >>> tok = build_tokenizer()
     >>> tok.convert_ids_to_tokens(tok("a red cube")["input_ids"])
@@ -337,23 +353,26 @@ def build_tokenizer(words=DEFAULT_WORDS):
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
+    if special_tokens is None:
+        special_tokens = SPECIAL_TOKENS
+        roles = {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD, "unk_token": UNK}
+        extra_special_tokens = {"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI}
     vocab: dict[str, int] = {}
-    for w in [*SPECIAL_TOKENS, *words]:
+    for w in [*special_tokens, *words]:
         vocab.setdefault(w, len(vocab))
-    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    tk.pre_tokenizer = pre_tokenizers.Whitespace()
-    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIAL_TOKENS])
-    tk.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, vocab[BOS])]
-    )
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token=roles["unk_token"]))
+    split = [pre_tokenizers.Whitespace()]
+    if split_digits:
+        split.append(pre_tokenizers.Digits(individual_digits=True))
+    tk.pre_tokenizer = pre_tokenizers.Sequence(split) if len(split) > 1 else split[0]
+    tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special_tokens])
+    if add_bos:
+        bos = roles["bos_token"]
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, vocab[bos])]
+        )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        extra_special_tokens={"image_token": IMAGE, "boi_token": BOI, "eoi_token": EOI},
-        padding_side="left",
+        tokenizer_object=tk, **roles, extra_special_tokens=dict(extra_special_tokens or {}), padding_side="left"
     )
 
 
@@ -469,6 +488,104 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+def checkpoint_source(name_or_path: str, *, family: str = "Janus", presets=PRESETS) -> str:
+    """The ``from_pretrained`` source of a checkpoint name: a local directory holding ``config.json``, or a hub
+    id (``owner/name``) that, under ``HF_HUB_OFFLINE=1``, must be in the local cache. Anything else raises
+    before any download or build: a missing directory (``FileNotFoundError``), a name that is neither one of
+    ``presets`` (named in the message with ``family``) nor a directory nor a hub id (``ValueError``).
+
+    >>> checkpoint_source("janus-pro-2b")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'janus-pro-2b' is not a Janus preset (janus-pro-1b-shape, janus-pro-7b-shape, tiny), a local directory or a hub id (owner/name)
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: no config.json, not a transformers checkpoint directory")
+        return str(path)
+    if name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
+        raise FileNotFoundError(f"{name_or_path}: no such checkpoint directory")
+    if "/" not in name_or_path or path.suffix:
+        raise ValueError(
+            f"{name_or_path!r} is not a {family} preset ({', '.join(sorted(presets))}), "
+            "a local directory or a hub id (owner/name)"
+        )
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name_or_path, "config.json")
+        if not isinstance(cached, str):
+            raise FileNotFoundError(
+                f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
+                f"forbids downloading it; download it first (`hf download {name_or_path}`) or pass a "
+                "local directory"
+            )
+    return name_or_path
+
+
+#: The unified-model families the full scale runs, by transformers ``model_type``.
+FAMILIES = ("janus", "emu3")
+
+# Why Chameleon (the other one-VQ-vocabulary design) is refused: transformers' Chameleon cannot write images.
+CHAMELEON_UNSUPPORTED = (
+    "Chameleon cannot generate images through transformers: ChameleonVQVAE has an encoder and no decoder, "
+    "and ChameleonForConditionalGeneration sets every image-token logit to the dtype's minimum"
+)
+
+
+def model_family(name_or_path: str) -> str:
+    """The model family (one of :data:`FAMILIES`) of a preset name, a local checkpoint or a hub id, read from
+    the preset registry or the checkpoint's ``config.json`` (``model_type``) without loading any weights.
+
+    Raises a ``ValueError`` naming the cause for an unknown family (with the families supported; Chameleon
+    with the reason it cannot generate), for a checkpoint without an image tokenizer (no ``vq_config``, or
+    an Emu3 vocabulary without visual tokens), and the errors of :func:`checkpoint_source`.
+
+    >>> model_family("tiny"), model_family("emu3-tiny")
+    ('janus', 'emu3')
+    >>> model_family("show-o-tiny")
+    Traceback (most recent call last):
+    ...
+    ValueError: 'show-o-tiny' is not a Janus or Emu3 preset (emu3-8b-shape, emu3-tiny, janus-pro-1b-shape, janus-pro-7b-shape, tiny), a local directory or a hub id (owner/name)
+    """
+    import json
+
+    from .emu3 import EMU3_PRESETS
+
+    if name_or_path in PRESETS:
+        return "janus"
+    if name_or_path in EMU3_PRESETS:
+        return "emu3"
+    source = checkpoint_source(name_or_path, family="Janus or Emu3", presets=[*PRESETS, *EMU3_PRESETS])
+    if Path(source).is_dir():
+        config_file = Path(source) / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        config_file = Path(hf_hub_download(source, "config.json"))  # cached (checked above when offline)
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{config_file}: not a readable JSON config ({e})") from None
+    kind = config.get("model_type")
+    if kind == "chameleon":
+        raise ValueError(f"{name_or_path}: {CHAMELEON_UNSUPPORTED}")
+    if kind == "emu3_text_model":
+        raise ValueError(f"{name_or_path}: {config_file} is an Emu3 text model (model_type 'emu3_text_model'), "
+                         "a checkpoint without an image tokenizer (no vq_config): it cannot generate or read images")
+    if kind not in FAMILIES:
+        raise ValueError(f"{name_or_path}: {config_file} has model_type {kind!r}, not a supported unified model "
+                         f"family ({', '.join(FAMILIES)})")
+    if not config.get("vq_config"):
+        raise ValueError(f"{name_or_path}: {config_file} has no vq_config, a checkpoint without an image tokenizer: "
+                         "it cannot generate or read images")
+    if kind == "emu3" and not any(str(k).startswith("<|visual token") for k in config.get("vocabulary_map") or {}):
+        raise ValueError(f"{name_or_path}: {config_file} has no visual tokens ('<|visual token...|>') in its "
+                         "vocabulary_map, a checkpoint without an image tokenizer vocabulary")
+    return kind
+
+
 def load_janus(
     name_or_path: str,
     *,
@@ -498,30 +615,7 @@ def load_janus(
             device=device or "cpu",
             image_tokens=image_tokens,
         )
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path}: no config.json, not a transformers checkpoint directory")
-        source = str(path)
-    elif name_or_path.startswith(("/", ".", "~")) or name_or_path.count("/") > 1:
-        raise FileNotFoundError(f"{name_or_path}: no such checkpoint directory")
-    elif "/" not in name_or_path or path.suffix:
-        raise ValueError(
-            f"{name_or_path!r} is not a Janus preset ({', '.join(sorted(PRESETS))}), "
-            "a local directory or a hub id (owner/name)"
-        )
-    else:
-        source = name_or_path
-        if _offline():
-            from huggingface_hub import try_to_load_from_cache
-
-            cached = try_to_load_from_cache(name_or_path, "config.json")
-            if not isinstance(cached, str):
-                raise FileNotFoundError(
-                    f"model {name_or_path!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE=1 "
-                    f"forbids downloading it; download it first (`hf download {name_or_path}`) or pass a "
-                    "local directory"
-                )
+    source = checkpoint_source(name_or_path)
     from transformers import JanusForConditionalGeneration, JanusProcessor
 
     kwargs = {}

@@ -13,17 +13,27 @@ DDP under torchrun, records and PNGs). Both install the co-degradation alarm
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args
+from dynamics.cli import (
+    add_alarm_flag,
+    alarm_hook,
+    check_device,
+    clo_config,
+    clo_parser,
+    content_hash,
+    given_flags,
+    parse_args,
+    run_identity,
+)
 from dynamics.clo import CLOConfig
 from dynamics.protocol import COUPLINGS
-from dynamics.runs.common import clean_errors, default_out
+from dynamics.runs.common import check_size, clean_errors, run_dir
 from dynamics.toy.recipe import TOY_CLO
+from dynamics.trackers import add_tracking_flags
 
-__all__ = ["EXTERNAL_KINDS", "TOY_DEFAULTS", "build_parser", "main"]
+__all__ = ["EXTERNAL_KINDS", "SCALE_GROUPS", "TOY_DEFAULTS", "build_parser", "main", "model_identity"]
 
 # The toy default (one self-judged round, curriculum replay after the model improved; Adam as in the
 # calibration run; plain SGD, the theory's setting, is --optimizer sgd).
@@ -31,6 +41,14 @@ TOY_DEFAULTS = TOY_CLO
 
 #: The kinds of ``--external`` (``none`` or ``<kind>:<argument>``).
 EXTERNAL_KINDS = ("none", "file", "detector", "vlm")
+
+#: The scale each flag group of :func:`build_parser` belongs to (``toy`` or ``model``, a real unified
+#: model); a flag of the other scale's group given a non-default value is refused, not ignored. One line
+#: per group.
+SCALE_GROUPS = {"Janus-Pro": "model", "toy world": "toy"}
+
+#: Flags outside those groups that only a real model reads.
+MODEL_ONLY_FLAGS = ("prompts", "eval_prompts", "split", "max_prompts", "external")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,8 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
         defaults=TOY_DEFAULTS)
     g = p.add_argument_group("model and data")
     g.add_argument("--model", default="toy",
-                   help="toy | a Janus preset (tiny, janus-pro-1b-shape, janus-pro-7b-shape) | a hub id (offline "
-                        "cache) | a local checkpoint directory")
+                   help="toy | a Janus preset (tiny, janus-pro-1b-shape, janus-pro-7b-shape) | an Emu3 preset "
+                        "(emu3-tiny; emu3-8b-shape is for benchmarks) | a hub id (offline cache) | a local checkpoint "
+                        "directory. The family (Janus-Pro or Emu3) comes from the preset name or the checkpoint's "
+                        "config.json model_type; an unknown family or a checkpoint without an image tokenizer is "
+                        "refused before the model loads")
     g.add_argument("--prompts", nargs="+", type=Path, default=None,
                    help="prompt files or directories: GenEval JSONL (tags from the 'tag' field) or plain text "
                         "lists (T2I-CompBench; tag from the file name). Required for Janus; the toy uses its world")
@@ -68,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--sample-batch-size", type=int, default=0, help="rows (prompt, candidate) per sampler call (0 = all)")
     j.add_argument("--judge-batch-size", type=int, default=16, help="images per understanding forward")
     j.add_argument("--logprob-batch-size", type=int, default=0, help="rows per teacher-forced forward (0 = all)")
+    j.add_argument("--parallel", default="auto", choices=["auto", "ddp", "fsdp"],
+                   help="several processes (torchrun / accelerate launch): ddp (a full replica per rank) or fsdp "
+                        "(FSDP2: trunk parameters, gradients and optimizer states sharded over ranks, sharded "
+                        "checkpoints; what a 7B trunk needs); auto: fsdp under accelerate launch with an FSDP "
+                        "config, else ddp. --batch-size is per rank")
     j.add_argument("--gradient-checkpointing", action="store_true",
                    help="recompute LLM activations in backward (less memory; use for 1B/7B)")
     j.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"], help="model dtype")
@@ -89,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "dynamics.full.external.DetectionFile) | vlm:<local path or offline hub id of a transformers "
                         "VLM>. Files are checked before the model loads. The toy always has its exact detector")
     add_alarm_flag(e)
+    add_tracking_flags(e)
     t = p.add_argument_group("toy world")
     t.add_argument("--toy-preset", default="default", choices=["default", "tiny"], help="toy model preset")
     t.add_argument("--coupling", default="tied", choices=list(COUPLINGS),
@@ -100,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pretrain-steps", type=int, default=None, help="pre-training steps (default: the preset's)")
     t.add_argument("--gen-noise", type=float, default=None,
                    help="gap size: share of generation pre-training targets replaced by hard negatives")
-    t.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DYNAMICS_CACHE", "cache/toy")),
-                   help="pre-trained checkpoint cache (env DYNAMICS_CACHE)")
+    t.add_argument("--cache-dir", type=Path, default=None,
+                   help="pre-trained checkpoint cache (default: $DYNAMICS_CACHE, else the user's cache directory, "
+                        "e.g. ~/.cache/dynamics/toy: dynamics.toy.study.default_cache_dir)")
     t.add_argument("--no-gap-check", action="store_true",
                    help="run CLO even when the pre-trained model lacks the internal gap (smoke runs of tiny models)")
     t.add_argument("--train-on", default="all", choices=["all", "train", "heldout"],
@@ -110,20 +138,89 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check(parser, args) -> CLOConfig:
+    """Every check of the flags that needs no model (usage errors, exit 2): the CLO config, flags of the
+    other scale, the device, input files, the memory the toy's candidates need."""
     try:
         cfg = clo_config(args)
     except ValueError as e:
         parser.error(str(e))
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
-    if args.max_prompts < 0:
-        parser.error(f"--max-prompts must be >= 0, got {args.max_prompts}")
-    if args.model != "toy" and not args.prompts:
+    toy = args.model == "toy"
+    scale = "toy" if toy else "model"
+    other = [a.dest for g in parser._action_groups if SCALE_GROUPS.get(g.title, scale) != scale
+             for a in g._group_actions] + (list(MODEL_ONLY_FLAGS) if toy else [])
+    refused = given_flags(parser, args, other)
+    if refused:
+        what = "the toy world" if toy else f"--model {args.model}"
+        parser.error(f"{', '.join(refused)}: not used by {what}; remove {'it' if len(refused) == 1 else 'them'}")
+    if toy:
+        from dynamics.toy.model import ToyConfig
+        from dynamics.toy.world import SceneWorld
+
+        world = SceneWorld(ToyConfig.preset(args.toy_preset).world)
+        n, cells = len(world.prompt_set()), world.cells
+        rows = min(cfg.chunk_size, n) * max(cfg.candidates, cfg.eval_candidates)
+        # candidates kept (images, verdicts: about 3 int64 copies) + one sampling chunk's activations
+        need = 3 * n * cfg.candidates * cells * 8 + rows * (cells + 32) * 64 * 4 * 24 + 500 * 2**20
+        check_size(parser, need, f"--candidates {cfg.candidates} x {n} toy prompts x {cells} cells",
+                   work=n * cfg.candidates * args.seeds * max(1, cfg.epochs), slow=2e6)
+        return cfg
+    if args.seeds != 1:
+        parser.error(f"--seeds {args.seeds}: several seeds are for the toy world; launch one run per seed")
+    if not args.prompts:
         parser.error("--prompts is required for a Janus model (GenEval JSONL or text prompt lists)")
+    for flag, paths in (("--prompts", args.prompts), ("--eval-prompts", args.eval_prompts or [])):
+        for path in paths:
+            if not path.exists():
+                parser.error(f"{flag} {path}: no such file or directory")
+            if not (path.is_file() or path.is_dir()):
+                parser.error(f"{flag} {path}: not a regular file or a directory")
+    why = check_device(args.device)
+    if why:
+        parser.error(f"--device {args.device}: {why}")
     kind, _, arg = args.external.partition(":")
     if kind not in EXTERNAL_KINDS or (kind != "none" and not arg):
         parser.error(f"--external {args.external!r}: expected none, file:<path>, detector:<path> or vlm:<path or id>")
+    if kind in ("file", "detector") and not Path(arg).is_file():
+        parser.error(f"--external {args.external}: no such file")
+    if kind == "vlm":
+        from dynamics.full.presets import checkpoint_source
+
+        try:
+            checkpoint_source(arg, family="transformers VLM", presets=())
+        except (ValueError, FileNotFoundError) as e:
+            parser.error(f"--external {args.external}: {e}")
     return cfg
+
+
+def model_identity(name: str) -> str:
+    """What identifies a model's weights without reading them: a preset's name, a local directory's
+    ``config.json`` and file names and sizes (hashed), a hub id's cached revision."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        import hashlib
+
+        h = hashlib.sha256((path / "config.json").read_bytes() if (path / "config.json").is_file() else b"")
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path)}:{f.stat().st_size}".encode())
+        return f"dir:{h.hexdigest()}"
+    if "/" in name:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(name, "config.json")
+        return f"hub:{name}@{Path(cached).parent.name if isinstance(cached, str) else 'not cached'}"
+    return name
+
+
+def _identity(parser, args) -> dict:
+    extra = {"scale": "toy" if args.model == "toy" else "model"}
+    if args.model != "toy":
+        extra["model"] = model_identity(args.model)
+        kind, _, arg = args.external.partition(":")
+        if kind in ("file", "detector"):
+            extra["external"] = f"{kind}:sha256:{content_hash(arg)}"
+        elif kind == "vlm":
+            extra["external"] = f"vlm:{model_identity(arg)}"
+    return run_identity(parser, args, **extra)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
@@ -133,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     args = parse_args(parser, argv)
     cfg = _check(parser, args)
     alarm = alarm_hook(parser, args)
-    out = Path(args.out) if args.out else default_out("full_clo" if args.model != "toy" else "toy_clo")
+    out = run_dir(parser, args, "full_clo" if args.model != "toy" else "toy_clo", _identity(parser, args))
     if args.model == "toy":
         from dynamics.runs.toy import run_toy
 

@@ -1,6 +1,7 @@
-"""The Janus-Pro run of ``python experiments/full_clo.py --model <hub id | local path | preset>``:
-prompts (GenEval JSONL or text lists) and any external judge file (``file:``, ``detector:``) read and
-checked before the model loads, the model through transformers' native Janus classes, CLO (prompts
+"""The real-model run of ``python experiments/full_clo.py --model <hub id | local path | preset>``:
+the model family (Janus-Pro or Emu3, from the preset name or the checkpoint's ``config.json``), prompts
+(GenEval JSONL or text lists) and any external judge file (``file:``, ``detector:``) read and checked
+before the model loads, the model through transformers' native Janus or Emu3 classes, CLO (prompts
 sharded over ranks by the loop, training through the DDP-wrapped module under torchrun), the
 co-degradation alarm where there is an external judge, records and, where asked, PNGs of the
 samples. Flags and their checks: :mod:`dynamics.runs.full`.
@@ -16,8 +17,9 @@ import torch
 
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import finish
+from dynamics.trackers import tracking_hook
 
-__all__ = ["load_external", "load_prompt_sets", "run_janus"]
+__all__ = ["load_external", "load_model", "load_prompt_sets", "run_janus"]
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -43,51 +45,127 @@ def run_janus(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
     """Prompts and any external judge file checked, then the model loaded (DDP-wrapped under torchrun),
     CLO with ``alarm`` (e.g. :class:`dynamics.alarm.EpochAlarm`) as ``on_epoch`` on rank 0, records,
     summary and (``--save-images``) PNGs. Returns the records."""
-    from dynamics.full.distributed import dist_info, init_distributed, wrap_ddp
-    from dynamics.full.janus import JanusUnified, JudgeConfig
-    from dynamics.full.sampler import SamplingConfig
+    from dynamics.full.distributed import dist_info, init_distributed, parallel_mode, wrap_ddp, wrap_fsdp
+    from dynamics.full.presets import model_family
 
     if args.seeds != 1:
         raise SystemExit("error: --seeds > 1 is for the toy world; launch one Janus run per seed")
+    family = model_family(args.model)  # an unknown family or a checkpoint without an image tokenizer: before loading
     prompts, n_train = load_prompt_sets(args)
     vlm = args.external.startswith("vlm:")
     external = None if vlm else load_external(args, prompts)  # judgement and detection files: before the model
+    parallel = parallel_mode(getattr(args, "parallel", "auto"))  # a bad launch is refused before the model loads
+    _check_resume_world(out, args.resume)
+    if os.environ.get("WORLD_SIZE", "1") != "1":
+        init_distributed()
+    info = dist_info()
+    device = args.device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
+    model = load_model(args, args.model, prompts, seed=cfg.seed, device=device)
+    sampling, judge_cfg = model.sampling, model.judge_config
+    if info.world_size > 1:
+        model.module = wrap_fsdp(model.module) if parallel == "fsdp" else wrap_ddp(model.module)
+    if vlm:
+        external = load_external(args, prompts, model)
+    train_ids = list(range(n_train)) if n_train is not None else None
+    eval_ids = list(range(n_train, len(prompts))) if n_train is not None else None
+
+    run_info = {"scale": "full", "model": args.model, "family": family, "prompts": [str(p) for p in args.prompts],
+                "eval_prompts": [str(p) for p in args.eval_prompts or []], "sampling": dataclasses.asdict(sampling),
+                "judge": dataclasses.asdict(judge_cfg), "scope": args.scope, "cfg_mode": args.cfg_mode,
+                "precision": args.precision, "external": args.external, "world_size": info.world_size,
+                "parallel": parallel if info.world_size > 1 else "none"}
+    show = torch.tensor((eval_ids or list(range(len(prompts))))[: args.save_images])
+    grid: dict[str, tuple] = {}
+    if args.save_images and info.rank == 0:
+        grid["before"] = _shown(model, show, model.sample(show, 2, seed=cfg.seed), external)
+        model.save_images(show, grid["before"][0], out / "samples_before")
+    result = run_clo(model, cfg, external=external, train_ids=train_ids, eval_ids=eval_ids, out_dir=str(out),
+                     resume=args.resume, run_info=run_info,
+                     on_epoch=tracking_hook(args, alarm, out, model=model, config=cfg) if info.rank == 0 else None)
+    if args.save_images and info.rank == 0:
+        grid["after"] = _shown(model, show, model.sample(show, 2, seed=cfg.seed), external)
+        model.save_images(show, grid["after"][0], out / "samples_after")
+        _write_grids(model, show, grid, out, title=f"{args.model}: judge={cfg.judge}, same prompts and sampling seed",
+                     threshold=cfg.threshold)
+    if info.rank == 0:
+        finish(result.metrics, out, title=f"{args.model}: judge={cfg.judge} loss={cfg.loss} scope={args.scope}")
+    return result.metrics
+
+
+def _shown(model, show: torch.Tensor, images: torch.Tensor, external) -> tuple:
+    """Samples to draw with the model's own ``P(yes)`` on them (taken now: training changes the model) and
+    the external judge's verdicts (``None`` where the judge has none, e.g. a judgement file without them)."""
+    from dynamics.full.external import MissingJudgementError
+
+    try:
+        verdicts = None if external is None else external(show, images)[0].cpu()
+    except MissingJudgementError:
+        verdicts = None
+    return images, model.judge(show, images)[0].float().cpu(), verdicts
+
+
+def _write_grids(model, show: torch.Tensor, grid: dict[str, tuple], out: Path, *, title: str, threshold: float) -> None:
+    """The decoded samples as sample grids (:func:`dynamics.figures.samples.write_sample_grids`): the
+    external verdict and the model's own ``P(yes)`` per image, before and after side by side."""
+    from dynamics.figures.samples import write_sample_grids
+
+    if any(v[2] is None for v in grid.values()):
+        print("sample grids: the external judge gives no verdict on these samples; PNGs only")
+        return
+    write_sample_grids(out, {k: model.decode(v[0])[0] for k, v in grid.items()}, {k: v[2] for k, v in grid.items()},
+                       {k: v[1] for k, v in grid.items()}, prompts=[str(model.prompts.texts[i]) for i in show.tolist()],
+                       threshold=threshold, title=title, verdict="external judge")
+
+
+def _check_resume_world(out: Path, resume: bool) -> None:
+    """``--resume`` with another number of processes than the run was started with is refused before
+    the model loads (training batches are split over ranks: the schedule would change)."""
+    import json
+
+    from dynamics.full.distributed import dist_info
+
+    path = Path(out) / "config.json"
+    if not resume or not path.exists():
+        return
+    try:
+        saved = json.loads(path.read_text()).get("run", {}).get("world_size", 1)
+    except (OSError, ValueError):
+        return  # a damaged config.json is reported by the run directory's own checks
+    world = dist_info().world_size
+    if saved != world:
+        raise ValueError(f"{path}: the run was started with {saved} process(es), this launch has {world}: relaunch "
+                         f"with --nproc_per_node {saved} to resume it")
+
+
+def load_model(args, name: str, prompts, *, seed: int, device: str):
+    """The unified model ``name`` (a preset, a local checkpoint or an offline hub id) over ``prompts``,
+    with the sampling, judging and training settings of the parsed flags (``--cfg-scale``,
+    ``--temperature``, ``--top-k``, ``--sample-batch-size``, ``--judge-mode``, ``--judge-batch-size``,
+    ``--question``, ``--answer-format``, ``--precision``, ``--cfg-mode``, ``--scope``, ``--lora-rank``,
+    ``--logprob-batch-size``, ``--gradient-checkpointing``, ``--no-progress``; absent ones take their
+    defaults): the one loader of the CLO run and the diagnosis. The adapter follows the model family
+    (:func:`dynamics.full.presets.model_family`: Janus-Pro or Emu3), checked before anything loads."""
+    from dynamics.full.emu3 import Emu3Unified
+    from dynamics.full.janus import JanusUnified, JudgeConfig
+    from dynamics.full.presets import model_family
+    from dynamics.full.sampler import SamplingConfig
+
+    adapter = {"janus": JanusUnified, "emu3": Emu3Unified}[model_family(name)]
+
+    def get(flag, default):  # the diagnosis has no training flags
+        return getattr(args, flag, default)
+
     sampling = SamplingConfig(cfg_scale=args.cfg_scale, temperature=args.temperature, top_k=args.top_k or None,
                               batch_size=args.sample_batch_size or None)
     jkw = {"mode": args.judge_mode, "batch_size": args.judge_batch_size}
     if args.question:
         jkw["question"] = args.question
     judge_cfg = JudgeConfig.score_format(**jkw) if args.answer_format == "score" else JudgeConfig(**jkw)
-    if os.environ.get("WORLD_SIZE", "1") != "1":
-        init_distributed()
-    info = dist_info()
-    device = args.device or (f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu")
-    model = JanusUnified.from_pretrained(
-        args.model, prompts, dtype=_dtype(args.precision), device=device, seed=cfg.seed, sampling=sampling,
-        judge=judge_cfg, cfg_mode=args.cfg_mode, scope=args.scope, lora_rank=args.lora_rank,
-        logprob_batch_size=args.logprob_batch_size or None, gradient_checkpointing=args.gradient_checkpointing,
-        progress=not args.no_progress)
-    if info.world_size > 1:
-        model.module = wrap_ddp(model.module)
-    if vlm:
-        external = load_external(args, prompts, model)
-    train_ids = list(range(n_train)) if n_train is not None else None
-    eval_ids = list(range(n_train, len(prompts))) if n_train is not None else None
-
-    run_info = {"scale": "full", "model": args.model, "prompts": [str(p) for p in args.prompts],
-                "eval_prompts": [str(p) for p in args.eval_prompts or []], "sampling": dataclasses.asdict(sampling),
-                "judge": dataclasses.asdict(judge_cfg), "scope": args.scope, "cfg_mode": args.cfg_mode,
-                "precision": args.precision, "external": args.external, "world_size": info.world_size}
-    show = torch.tensor((eval_ids or list(range(len(prompts))))[: args.save_images])
-    if args.save_images and info.rank == 0:
-        model.save_images(show, model.sample(show, 2, seed=cfg.seed), out / "samples_before")
-    result = run_clo(model, cfg, external=external, train_ids=train_ids, eval_ids=eval_ids, out_dir=str(out),
-                     resume=args.resume, run_info=run_info, on_epoch=alarm if info.rank == 0 else None)
-    if args.save_images and info.rank == 0:
-        model.save_images(show, model.sample(show, 2, seed=cfg.seed), out / "samples_after")
-    if info.rank == 0:
-        finish(result.metrics, out, title=f"{args.model}: judge={cfg.judge} loss={cfg.loss} scope={args.scope}")
-    return result.metrics
+    return adapter.from_pretrained(
+        name, prompts, dtype=_dtype(args.precision), device=device, seed=seed, sampling=sampling,
+        judge=judge_cfg, cfg_mode=get("cfg_mode", "none"), scope=get("scope", "trunk"), lora_rank=get("lora_rank", 16),
+        logprob_batch_size=get("logprob_batch_size", 0) or None,
+        gradient_checkpointing=get("gradient_checkpointing", False), progress=not args.no_progress)
 
 
 def load_external(args, prompts, model=None):

@@ -6,6 +6,11 @@ with theory tracking (measured against predicted one-step changes) and writes in
 config.json, metrics.jsonl (one line per seed and epoch), theory.jsonl, curves.png, summary.txt.
 The world's alignment table is the exact external judge, so the co-degradation alarm
 (:class:`dynamics.alarm.EpochAlarm`, ``--alarm-tolerance``) watches every seed.
+
+Before any work: every flag typed and in range (:func:`dynamics.cli.parse_args`), the world built
+(cheap) and the probe set and the memory of the run's tables checked against it, and with
+``--resume`` the run's identity compared with the one in ``--out``
+(:func:`dynamics.runs.common.run_dir`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ from collections.abc import Sequence
 
 import torch
 
-from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args
+from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args, run_identity
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.runs.common import clean_errors, default_out, finish, write_bayes_link
+from dynamics.runs.common import check_size, clean_errors, finish, run_dir, write_bayes_link
 from dynamics.sim.model import COUPLINGS
+from dynamics.trackers import add_tracking_flags, tracking_hook
 
-__all__ = ["build", "build_parser", "main"]
+__all__ = ["build", "build_parser", "main", "peak_bytes"]
 
 SIM_DEFAULTS = CLOConfig(candidates=8, epochs=20, lr=0.5, batch_size=16, eval_candidates=16, chunk_size=64)
 
@@ -45,18 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="probe pairs tracked by the theory tracker (3/4 misaligned, 1/4 aligned)")
     g.add_argument("--float64", action="store_true", help="float64 parameters (theory checks)")
     add_alarm_flag(g)
+    add_tracking_flags(g)
     return p
 
 
-def build(args: argparse.Namespace):
-    """World, pre-trained model and pre-training metrics for parsed arguments."""
+def peak_bytes(args: argparse.Namespace, cfg: CLOConfig) -> int:
+    """Estimated peak memory of a run: the model's (R, P, V) tables (logits, log-probs, posteriors,
+    gradients, optimizer state: about 36 copies, measured at P = V = 256 with 2 to 32 seeds) and the
+    (R, P, N) candidate tensors, plus the interpreter and torch (about 0.45 GiB)."""
+    item = 8 if args.float64 else 4
+    table = args.seeds * args.prompts * args.tokens * item
+    cands = args.seeds * args.prompts * max(cfg.candidates, cfg.eval_candidates) * 8 * 8
+    return 36 * table + cands + 450 * 2**20
+
+
+def build(args: argparse.Namespace, world=None):
+    """World (unless given), pre-trained model and pre-training metrics for parsed arguments."""
     from dynamics.sim import SimModel, SimWorld
     from dynamics.sim.pretrain import pretrain
 
-    for name in ("prompts", "tokens", "seeds", "pretrain_steps"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    world = SimWorld(args.prompts, args.tokens, seed=args.world_seed)
+    world = world if world is not None else SimWorld(args.prompts, args.tokens, seed=args.world_seed)
     model = SimModel(world, replicas=args.seeds, seed=args.seed, coupling=args.coupling,
                      dtype=torch.float64 if args.float64 else torch.float32)
     pre = pretrain(world, model, steps=args.pretrain_steps, gap=args.gap, seed=args.seed)
@@ -71,6 +85,24 @@ def hooks_for(args, world, model, cfg):
     return [TheoryTracker.with_probes(world, model, args.probes, every=args.track_every, seed=args.seed, config=cfg)]
 
 
+def _world(parser, args):
+    """The world of ``args`` (cheap), with the probe set checked against it: usage errors."""
+    from dynamics.sim import SimWorld
+
+    try:
+        world = SimWorld(args.prompts, args.tokens, seed=args.world_seed)
+    except ValueError as e:
+        parser.error(f"--prompts {args.prompts} --tokens {args.tokens}: {e}")
+    if args.track_every > 0:
+        n_mis = max(1, (3 * args.probes) // 4)
+        n_al = max(1, args.probes - n_mis)
+        mis, al = int((~world.aligned).sum()), int(world.aligned.sum())
+        if n_mis > mis or n_al > al:
+            parser.error(f"--probes {args.probes}: needs {n_mis} misaligned and {n_al} aligned (prompt, token) pairs, "
+                         f"the world has {mis} and {al}; lower --probes")
+    return world
+
+
 def main(argv: Sequence[str] | None = None) -> list[dict]:
     parser = build_parser()
     args = parse_args(parser, argv)
@@ -79,12 +111,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     except ValueError as e:
         parser.error(str(e))
     alarm = alarm_hook(parser, args)
-    out = args.out or default_out("sim_clo")
-    return clean_errors(lambda: _run(args, cfg, out, alarm))
+    check_size(parser, peak_bytes(args, cfg), f"--seeds {args.seeds} x --prompts {args.prompts} x --tokens "
+               f"{args.tokens}" + (" (float64)" if args.float64 else ""),
+               work=args.seeds * args.prompts * args.tokens * (args.pretrain_steps + cfg.epochs), slow=5e9)
+    world = _world(parser, args)
+    out = run_dir(parser, args, "sim_clo", run_identity(parser, args, scale="sim"))
+    return clean_errors(lambda: _run(args, cfg, out, alarm, world))
 
 
-def _run(args, cfg, out, alarm=None) -> list[dict]:
-    world, model, pre = build(args)
+def _run(args, cfg, out, alarm=None, world=None) -> list[dict]:
+    world, model, pre = build(args, world)
     info = {"scale": "sim", "prompts": args.prompts, "tokens": args.tokens, "seeds": args.seeds,
             "world_seed": args.world_seed, "coupling": args.coupling,
             "gap": args.gap, "pretrain_steps": args.pretrain_steps, "track_every": args.track_every,
@@ -93,7 +129,8 @@ def _run(args, cfg, out, alarm=None) -> list[dict]:
 
     link_before = sim_bayes_link(model)
     result = run_clo(model, cfg, external=world.oracle, out_dir=str(out), resume=args.resume,
-                     hooks=hooks_for(args, world, model, cfg), run_info=info, on_epoch=alarm)
+                     hooks=hooks_for(args, world, model, cfg), run_info=info,
+                     on_epoch=tracking_hook(args, alarm, out, model=model, config=cfg))
     write_bayes_link(out, link_before, sim_bayes_link(model))
     finish(result.metrics, out, title=f"simulator: judge={cfg.judge} loss={cfg.loss} coupling={args.coupling}")
     return result.metrics

@@ -8,6 +8,7 @@ grids. Flags and their checks: :mod:`dynamics.runs.full`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import finish, write_bayes_link
+from dynamics.trackers import tracking_hook
 
 __all__ = ["run_toy", "toy_model"]
 
@@ -23,9 +25,10 @@ def toy_model(args, seed: int, threshold: float = 0.5):
     """The pre-trained toy model for ``seed`` (from the cache when present) and its gap report,
     gap checked (unless ``--no-gap-check``) with own verdicts at the CLO ``threshold`` (``--threshold``)."""
     from dynamics.toy.pretrain import GapError, gap_report
-    from dynamics.toy.study import ToySize, pretrained_model
+    from dynamics.toy.study import ToySize, default_cache_dir, pretrained_model
 
-    size = ToySize(preset=args.toy_preset, pretrain_steps=args.pretrain_steps, cache_dir=args.cache_dir,
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
+    size = ToySize(preset=args.toy_preset, pretrain_steps=args.pretrain_steps, cache_dir=cache,
                    overrides={} if args.gen_noise is None else {"gen_noise": args.gen_noise})
     try:
         model = pretrained_model(size, seed, coupling=args.coupling, check=not args.no_gap_check,
@@ -39,7 +42,8 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
     """Every seed of ``--seeds`` in turn: pre-trained model, CLO judged by the exact detector (with
     ``alarm``, e.g. :class:`dynamics.alarm.EpochAlarm`, as ``on_epoch``), sample grids before and
     after; then the summary table and curves of all seeds. Returns the records."""
-    from dynamics.toy import render
+    from dynamics.figures.samples import write_sample_grids
+    from dynamics.toy.world import draw_scene
     from dynamics.transfer import fixed_samples, toy_bayes_link
 
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
@@ -54,6 +58,7 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
         ids = {"all": None, "train": train_ids, "heldout": heldout_ids}[args.train_on]
         show = _show_ids(model.prompts)
         before = model.sample(show, 6, seed=s)
+        p_before = model.judge(show, before)[0]  # the model's own verdicts, before training changes it
         info = {"scale": "toy", "toy_config": model.config.to_dict(), "coupling": args.coupling,
                 "bayes_offset": getattr(model, "offset", None),
                 "pretrain": {k: v for k, v in model.pretrain_info.items() if k != "loss_curve"},
@@ -61,14 +66,17 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
         link_samples = fixed_samples(model, per_prompt=2, seed=s)  # the same pairs before and after
         link_before = toy_bayes_link(model, samples=link_samples)
         result = run_clo(model, dataclasses.replace(cfg, seed=s), external=world.external_judge(), train_ids=ids,
-                         out_dir=str(run_dir), resume=args.resume, run_info=info, on_epoch=alarm)
+                         out_dir=str(run_dir), resume=args.resume, run_info=info,
+                         on_epoch=tracking_hook(args, alarm, run_dir, model=model, config=dataclasses.replace(cfg, seed=s)))
         write_bayes_link(run_dir, link_before, toy_bayes_link(model, samples=link_samples))
         after = model.sample(show, 6, seed=s)
         judge = world.external_judge()
-        for name, imgs in (("before", before), ("after", after)):
-            render(imgs, run_dir / f"samples_{name}.png", world=world,
-                   titles=[model.prompts.texts[i] for i in show.tolist()],
-                   marks=judge(show, imgs)[0])
+        write_sample_grids(run_dir, {"before": before[0], "after": after[0]},
+                           {"before": judge(show, before)[0], "after": judge(show, after)[0]},
+                           {"before": p_before, "after": model.judge(show, after)[0]},
+                           prompts=[model.prompts.texts[i] for i in show.tolist()], threshold=cfg.threshold,
+                           draw=functools.partial(draw_scene, world=world),
+                           title=f"toy world, seed {s}: judge={cfg.judge}, same prompts and sampling seed")
         all_records.extend(result.metrics)
     elapsed = time.perf_counter() - t0
     title = (f"toy world: judge={cfg.judge} loss={cfg.loss} coupling={args.coupling} "

@@ -345,6 +345,14 @@ class TheoryTracker:
         self.tracked = 0
         self._pending = None
 
+    def state_dict(self) -> dict:
+        """The step counters (which steps are tracked, which get the ratio): checkpointed by the loop,
+        so a resumed run tracks the same steps as an uninterrupted one."""
+        return {"steps": self.steps, "tracked": self.tracked}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.steps, self.tracked, self._pending = int(state["steps"]), int(state["tracked"]), None
+
     @property
     def first_order_valid(self) -> bool:
         """Whether the loop's update is the theory's plain SGD (no weight decay)."""

@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from filelock import FileLock
-from tqdm.auto import tqdm
 
 from dynamics import metrics
+from dynamics.report import progress as progress_bar
 from dynamics.toy.model import ToyConfig, ToyModel
 from dynamics.toy.world import CATEGORIES
 
@@ -301,7 +301,7 @@ def _pretrain(config: ToyConfig, steps: int, seed: int, stem: Path | None, progr
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     stream = iter(DataStream(model, seed=seed))
     curve, acc = [], {"gen": 0.0, "und": 0.0, "n": 0}
-    bar = tqdm(range(steps), desc="pre-training toy model", disable=not progress, unit="step")
+    bar = progress_bar(range(steps), desc="pre-training toy model", enabled=progress, unit="step")
     for step in bar:
         batch = next(stream)
         gen, und = _losses(model, batch)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -46,6 +47,7 @@ __all__ = [
     "TOY_CLO",
     "ToySize",
     "category_table",
+    "default_cache_dir",
     "flatten_groups",
     "judge_study",
     "one_step_check",
@@ -59,12 +61,28 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def default_cache_dir() -> str:
+    """The pre-trained checkpoint cache: ``$DYNAMICS_CACHE``, else ``toy`` in the user's cache directory
+    (``platformdirs`` where installed, else ``$XDG_CACHE_HOME/dynamics`` or ``~/.cache/dynamics``), so a
+    run finds its checkpoints from any working directory."""
+    if os.environ.get("DYNAMICS_CACHE"):
+        return os.environ["DYNAMICS_CACHE"]
+    try:
+        import platformdirs
+
+        base = platformdirs.user_cache_dir("dynamics")
+    except ImportError:  # the XDG rule platformdirs follows on Linux
+        base = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dynamics")
+    return os.path.join(base, "toy")
+
+
 @dataclass(frozen=True)
 class ToySize:
     """The size of a toy experiment: seeds, the model preset and its pre-training, the CLO recipe.
 
     ``overrides`` are :class:`~dynamics.toy.model.ToyConfig` fields (e.g. ``{"gen_noise": 0.2}``);
-    ``cache_dir`` is the pre-trained checkpoint cache (None: pre-train every time). ``worlds``: the
+    ``cache_dir`` is the pre-trained checkpoint cache (default :func:`default_cache_dir`; None: pre-train
+    every time). ``worlds``: the
     worlds' split seeds (which prompts pre-training holds out); a study's units are every
     ``(world, seed)`` pair, one pre-trained model each, or the ``(world, seed)`` pairs of
     ``unit_list`` in its order.
@@ -82,7 +100,7 @@ class ToySize:
     pretrain_steps: int | None = None
     overrides: dict = field(default_factory=dict)
     clo: CLOConfig = field(default_factory=lambda: dataclasses.replace(TOY_CLO, progress=False))
-    cache_dir: str | None = "cache/toy"
+    cache_dir: str | None = field(default_factory=default_cache_dir)
     train_on: str = "all"
 
     @classmethod

@@ -54,6 +54,7 @@ __all__ = [
     "SceneWorld",
     "Vocab",
     "WorldConfig",
+    "draw_scene",
     "render",
 ]
 
@@ -757,6 +758,27 @@ def _draw_shape(ax, shape: str, x: float, y: float, size: float, color: str) -> 
     ax.add_patch(p)
 
 
+def draw_scene(ax, codes, world: SceneWorld | None = None) -> None:
+    """Draw one scene (its ``M`` cell codes) into the matplotlib axes ``ax``: the grid in light grey, each
+    object as its shape in its colour, no ticks. (:func:`render` and the sample grids of
+    :mod:`dynamics.figures.samples` draw every scene with it.)"""
+    world = world or SceneWorld()
+    g = world.config.grid
+    ax.set_xlim(0, g)
+    ax.set_ylim(g, 0)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for t in range(1, g):
+        ax.axhline(t, color="0.85", lw=0.5)
+        ax.axvline(t, color="0.85", lw=0.5)
+    for m, code in enumerate(torch.as_tensor(codes).reshape(-1).tolist()):
+        if code > 0:
+            r, col = divmod(m, g)
+            _draw_shape(ax, world.config.shapes[world.code_shape[code]], col + 0.5, r + 0.5, 0.7,
+                        COLOR_RGB[world.config.colors[world.code_color[code]]])
+
+
 def render(images, path, *, world: SceneWorld | None = None, titles=None, marks=None,
            ncols: int = 8) -> str:
     """Draw scenes as a PNG grid with matplotlib; return the path.
@@ -796,7 +818,6 @@ def render(images, path, *, world: SceneWorld | None = None, titles=None, marks=
         raise ValueError(f"render: cell codes must lie in [0, {world.n_codes})")
     titles = list(titles) if titles is not None else []
     marks = torch.as_tensor(marks).bool().reshape(-1).tolist() if marks is not None else []
-    g = world.config.grid
     fig = Figure(figsize=(1.5 * K, 1.7 * B))
     FigureCanvasAgg(fig)
     for b in range(B):
@@ -805,28 +826,16 @@ def render(images, path, *, world: SceneWorld | None = None, titles=None, marks=
             if int(x[b, k, 0]) < 0:  # padding of the last row
                 continue
             ax = fig.add_subplot(B, K, i + 1)
-            ax.set_xlim(0, g)
-            ax.set_ylim(g, 0)
-            ax.set_aspect("equal")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            for t in range(1, g):
-                ax.axhline(t, color="0.85", lw=0.5)
-                ax.axvline(t, color="0.85", lw=0.5)
-            for m, code in enumerate(x[b, k].tolist()):
-                if code:
-                    r, col = divmod(m, g)
-                    _draw_shape(ax, world.config.shapes[world.code_shape[code]], col + 0.5, r + 0.5, 0.7,
-                                COLOR_RGB[world.config.colors[world.code_color[code]]])
+            draw_scene(ax, x[b, k], world)
             if i < len(marks):
                 for spine in ax.spines.values():
                     spine.set_edgecolor("tab:green" if marks[i] else "tab:red")
                     spine.set_linewidth(2.5)
             if per_scene_titles and i < len(titles):
-                ax.set_title(titles[i], fontsize=7)
+                ax.set_title(titles[i], fontsize=9)
             elif not per_scene_titles and k == 0 and b < len(titles):
-                ax.set_title(titles[b], fontsize=7, loc="left")
+                ax.set_title(titles[b], fontsize=9, loc="left")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    fig.savefig(path, dpi=100)
     return str(path)
 
