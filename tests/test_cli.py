@@ -48,7 +48,7 @@ def test_domain_checks_of_the_config_name_the_field():
     ({"epochs": 2.5}, "epochs expected an integer, got 2.5"), ({"lr": None}, "lr expected a value, got null"),
     ({"epochs": True}, "epochs expected an integer, got True"), ({"audit": "false"}, "audit expected true or false"),
     ({"lr": "0.1"}, "lr expected a number"), ({"judge": 3}, "judge expected a string"),
-    ({"optimizer": "lbfgs"}, "optimizer expected one of sgd, adam"), ({"beta": 0}, "beta must be > 0"),
+    ({"seed": -1}, "seed must be >= 0, got -1"), ({"beta": 0}, "beta must be > 0"),
 ])
 def test_config_files_share_the_schema_of_the_flags(tmp_path, capsys, values, message):
     f = tmp_path / "c.json"

@@ -154,7 +154,7 @@ def test_two_processes_run_clo_through_ddp(tmp_path):
 
 def test_single_process_identities_and_bad_launch_environment(monkeypatch):
     info = D.dist_info()
-    assert (info.rank, info.world_size, info.is_main, info.is_distributed) == (0, 1, True, False)
+    assert (info.rank, info.world_size, info.local_rank) == (0, 1, 0)
     m = nn.Linear(2, 1)
     assert D.wrap_ddp(m) is m and D.init_distributed().world_size == 1
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -115,10 +115,10 @@ def test_full_clo_resume_continues_to_the_same_records(tmp_path, monkeypatch, mo
     # killed at epoch 2 after its metrics were written, before its checkpoint
     real_save = clo._save
 
-    def dying_save(run, model, opt, data, eval_set, *, epoch):
+    def dying_save(run, model, opt, data, eval_set, *, epoch, **kw):
         if epoch == 2:
             raise KeyboardInterrupt
-        real_save(run, model, opt, data, eval_set, epoch=epoch)
+        real_save(run, model, opt, data, eval_set, epoch=epoch, **kw)
 
     monkeypatch.setattr(clo, "_save", dying_save)
     with pytest.raises(KeyboardInterrupt):

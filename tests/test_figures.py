@@ -372,3 +372,32 @@ def test_sample_grid_and_run_curves_follow_the_style(tmp_path):
              "und_fp_rate": 0.2} for e in range(3) for s in range(2)]
     for p in [*paths, write_curves(recs, tmp_path / "curves.png", title="toy world: judge=self " * 8)]:
         assert p.stat().st_size > 5000, p
+
+
+def test_sample_grid_without_verdicts_frames_by_the_models_own_verdict():
+    """A real run whose judge has no verdict on the samples still draws the model's own P(yes)."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from dynamics.figures.samples import plot_sample_grid
+
+    imgs = np.zeros((1, 2, 4, 4, 3))
+    fig = plot_sample_grid({"before": imgs}, None, {"before": [[0.9, 0.2]]}, prompts=["a cat"], figure=Figure)
+    assert "says yes 1, says no 1" in fig.get_suptitle()
+    _check_figure("samples without verdicts", fig)
+
+
+def test_progress_bars_do_not_flood_a_log(capsys):
+    """Written to a pipe or file (pytest captures stderr: not a terminal), a transient bar is off and a
+    lasting one updates at most every PROGRESS_LOG_INTERVAL seconds."""
+    from dynamics.report import PROGRESS_LOG_INTERVAL, progress
+
+    assert progress(range(3), leave=False).disable
+    import time
+
+    bar = progress(range(400), desc="steps")
+    assert not bar.disable and bar.mininterval == PROGRESS_LOG_INTERVAL >= 30
+    for _ in bar:  # about a second: tqdm's own 0.1 s interval would write some ten updates
+        time.sleep(0.0025)
+    assert capsys.readouterr().err.count("\r") <= 3
+    assert progress(range(3), enabled=False).disable

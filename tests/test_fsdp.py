@@ -22,20 +22,25 @@ from dynamics.full import distributed as D
 
 WORLD = 2
 TEXTS = ["a red cube", "a blue ball", "a green cone", "a black cat", "a white dog", "a pink car"]
-# chunk_size 2 over 6 prompts: the ranks sample and judge different numbers of chunks (2 and 1), which
-# only works when inference runs on gathered parameters; Adam: its state is sharded and checkpointed
+# chunk_size 6 over 6 prompts: rank 0 samples and judges every prompt, rank 1 none, which only works when
+# inference runs on gathered parameters and its forwards leave no trace in FSDP's backward prefetch order
+# (a stale order deadlocked the first backward); Adam: its state is sharded and checkpointed
 CFG = {"candidates": 2, "epochs": 2, "judge": "all", "lr": 0.01, "optimizer": "adam", "eval_candidates": 2,
-       "chunk_size": 2, "curriculum": "off", "progress": False}
+       "chunk_size": 6, "curriculum": "off", "progress": False}
 BATCH = 2  # per rank; one process trains on WORLD * BATCH prompts per step
 TOL = 1e-9  # float64: the sharded reductions differ from one process's in rounding only
 
 
-def tiny_janus():
-    from dynamics.full.janus import JanusUnified
+def tiny_model(family: str = "janus"):
+    """Tiny Janus (``tiny``) or Emu3 (``emu3-tiny``), float64, over :data:`TEXTS`."""
     from dynamics.full.sampler import SamplingConfig
 
-    return JanusUnified.from_pretrained("tiny", TEXTS, dtype=torch.float64, seed=1,
-                                        sampling=SamplingConfig(cfg_scale=2.0))
+    if family == "emu3":
+        from dynamics.full.emu3 import Emu3Unified as cls
+    else:
+        from dynamics.full.janus import JanusUnified as cls
+    return cls.from_pretrained("emu3-tiny" if family == "emu3" else "tiny", TEXTS, dtype=torch.float64, seed=1,
+                               sampling=SamplingConfig(cfg_scale=2.0))
 
 
 def close(a: list[dict], b: list[dict], tol: float = TOL) -> list[str]:
@@ -57,10 +62,10 @@ def close(a: list[dict], b: list[dict], tol: float = TOL) -> list[str]:
     return bad
 
 
-def _worker(out_dir: str, mode: str) -> None:
+def _worker(out_dir: str, mode: str, family: str) -> None:
     torch.set_num_threads(1)
     info = D.init_distributed(backend="gloo", timeout_s=120)
-    model = tiny_janus()
+    model = tiny_model(family)
     full = sum(p.numel() for p in model.generation_parameters())
     D.wrap_fsdp(model.module)
     params = model.generation_parameters()
@@ -84,10 +89,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(tmp_path: Path, mode: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def _launch(tmp_path: Path, mode: str, family: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """This file under torchrun, 2 CPU processes (fresh interpreters)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), __file__, str(tmp_path), mode]
+           "127.0.0.1", "--master_port", str(_free_port()), __file__, str(tmp_path), mode, family]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
            "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     try:
@@ -100,8 +105,9 @@ def _records(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_fsdp_run_killed_and_resumed_equals_one_process(tmp_path):
-    killed = _launch(tmp_path, "kill")
+@pytest.mark.parametrize("family", ["janus", pytest.param("emu3", marks=pytest.mark.slow)])
+def test_fsdp_run_killed_and_resumed_equals_one_process(tmp_path, family):
+    killed = _launch(tmp_path, "kill", family)
     assert killed.returncode != 0  # rank 0 was SIGKILLed after the epoch-1 checkpoint
     run = tmp_path / "run"
     state = torch.load(run / "state.pt", weights_only=False)
@@ -111,19 +117,19 @@ def test_fsdp_run_killed_and_resumed_equals_one_process(tmp_path):
         res = json.loads((tmp_path / f"rank{r}.json").read_text())
         # the trainable trunk is really sharded: each rank holds a part of it, as DTensor shards
         assert res["sharded"] and res["dtensor"] and 0 < res["local"] < res["full"]
-    resumed = _launch(tmp_path, "resume")
+    resumed = _launch(tmp_path, "resume", family)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     two = _records(run)
     assert [r["epoch"] for r in two] == [0, 1, 2]
 
-    alone = tiny_janus()
+    alone = tiny_model(family)
     one = run_clo(alone, CLOConfig(batch_size=WORLD * BATCH, **CFG)).metrics
     assert not close(two, json.loads(json.dumps(one))), close(two, json.loads(json.dumps(one)))
     assert two[-1]["train_loss"] != two[1]["train_loss"]  # training moved the model
 
     # a resume with another number of processes is refused, naming both
     with pytest.raises(Exception, match=r"run of 2 process\(es\), this one has 1"):
-        run_clo(tiny_janus(), CLOConfig(batch_size=BATCH, **CFG), out_dir=str(run), resume=True)
+        run_clo(tiny_model(family), CLOConfig(batch_size=BATCH, **CFG), out_dir=str(run), resume=True)
 
 
 def test_bad_parallel_launches_are_named():
@@ -154,4 +160,4 @@ def test_one_process_helpers_are_identities():
 
 
 if __name__ == "__main__":  # one rank, launched by torchrun from _launch
-    _worker(sys.argv[1], sys.argv[2])
+    _worker(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -11,6 +11,8 @@ here runs a model or computes a statistic: the experiments are :mod:`dynamics.si
 - :mod:`dynamics.figures.toy`: the toy-world figures (findings per category against controls, the
   first-order one-step check, the phase diagram, stronger recipes);
 - :mod:`dynamics.figures.phase`: the phase-diagram panel both scales share;
+- :mod:`dynamics.figures.diagnose`: the diagnosis of models without training (Non and attribution per
+  task, Non per tier; drawn by ``experiments/diagnose.py``);
 - :mod:`dynamics.figures.common`: pyplot (the backend is not forced), writing a figure and its numbers.
 
 Panel titles come from :data:`dynamics.report.LABELS`.

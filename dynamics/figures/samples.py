@@ -44,28 +44,40 @@ CASES = {
     "both reject": "#56B4E9",
     "rejects correct": "#E69F00",
     "accepts wrong": "#D55E00",
+    "says yes": "#555555",
+    "says no": "#BBBBBB",
 }
+_VERDICT_CASES = ("both accept", "both reject", "rejects correct", "accepts wrong")
+_OWN_CASES = ("says yes", "says no")  # where the judge gives no verdict on the image
 _KEY = {
     "both accept": "both accept (correct, model says yes)",
     "both reject": "both reject (wrong, model says no)",
     "rejects correct": "model rejects a correct image",
     "accepts wrong": "model accepts a wrong image",
+    "says yes": "model says yes (no external verdict)",
+    "says no": "model says no (no external verdict)",
 }
 
 
-def case_of(correct: bool, p_yes: float, threshold: float = 0.5) -> str:
-    """The case (a key of :data:`CASES`) of an image with exact verdict ``correct`` and model ``p_yes``.
+def case_of(correct: bool | None, p_yes: float, threshold: float = 0.5) -> str:
+    """The case (a key of :data:`CASES`) of an image with exact verdict ``correct`` (``None``: no
+    verdict, the case is the model's own alone) and model ``p_yes``.
 
-    >>> case_of(False, 0.7), case_of(True, 0.3)
-    ('accepts wrong', 'rejects correct')
+    >>> case_of(False, 0.7), case_of(True, 0.3), case_of(None, 0.3)
+    ('accepts wrong', 'rejects correct', 'says no')
     """
     says_yes = p_yes >= threshold
+    if correct is None:
+        return "says yes" if says_yes else "says no"
     if correct:
         return "both accept" if says_yes else "rejects correct"
     return "accepts wrong" if says_yes else "both reject"
 
 
-def _rows(x) -> list[list]:
+def _rows(x, like=None) -> list[list]:
+    """``x`` as nested lists; ``None`` as rows of ``None`` shaped like ``like``."""
+    if x is None:
+        return [[None] * len(row) for row in _rows(like)]
     return [list(map(_scalar, row)) for row in _tolist(x)]
 
 
@@ -79,10 +91,10 @@ def _scalar(v):
 
 def case_counts(exact, p_yes, threshold: float = 0.5) -> dict[str, int]:
     """How many images of a ``(B, K)`` block fall in each case (example in the module docstring)."""
-    counts = dict.fromkeys(CASES, 0)
-    for row_e, row_p in zip(_rows(exact), _rows(p_yes)):
+    counts = dict.fromkeys(_OWN_CASES if exact is None else _VERDICT_CASES, 0)
+    for row_e, row_p in zip(_rows(exact, p_yes), _rows(p_yes)):
         for e, p in zip(row_e, row_p):
-            counts[case_of(bool(e), float(p), threshold)] += 1
+            counts[case_of(None if e is None else bool(e), float(p), threshold)] += 1
     return counts
 
 
@@ -98,12 +110,14 @@ def _counts_line(name: str, counts: Mapping[str, int]) -> str:
     return f"{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
 
 
-def plot_sample_grid(images: Mapping[str, Sequence], exact: Mapping[str, Sequence], p_yes: Mapping[str, Sequence], *,
+def plot_sample_grid(images: Mapping[str, Sequence], exact: Mapping[str, Sequence] | None,
+                     p_yes: Mapping[str, Sequence], *,
                      prompts: Sequence[str], draw: Callable | None = None, threshold: float = 0.5,
                      title: str | None = None, verdict: str = "exact", figure=None):
     """The grid: a row per prompt, per block (``"before"``, ``"after"``: the keys of ``images``, in order)
     its ``K`` images side by side. ``images[block][b][k]`` is drawn by ``draw(ax, image)`` (default
-    ``imshow``); ``exact[block]`` the ``(B, K)`` exact verdicts, ``p_yes[block]`` the model's ``(B, K)``
+    ``imshow``); ``exact[block]`` the ``(B, K)`` exact verdicts (``exact`` ``None``: no verdicts, each
+    image framed by the model's own verdict alone), ``p_yes[block]`` the model's ``(B, K)``
     own ``P(yes)`` (each block's model judging its own samples). ``verdict`` names the judge of
     ``exact`` in the key (``exact``; ``external judge`` for real models). ``figure``: a ``Figure``
     class to build without pyplot. Returns the figure."""
@@ -113,18 +127,20 @@ def plot_sample_grid(images: Mapping[str, Sequence], exact: Mapping[str, Sequenc
     blocks = list(images)
     if not blocks:
         raise ValueError("plot_sample_grid: no block of images")
+    exact = exact if exact is not None else dict.fromkeys(blocks)
     B = len(prompts)
     K = len(images[blocks[0]][0]) if B else 0
     for name in blocks:
-        e, p = _rows(exact[name]), _rows(p_yes[name])
+        e, p = _rows(exact[name], p_yes[name]), _rows(p_yes[name])
         if len(images[name]) != B or len(e) != B or len(p) != B or any(len(r) != K for r in e + p):
             raise ValueError(f"plot_sample_grid: block {name!r} must hold {B} prompts x {K} images, verdicts and "
                              f"P(yes) alike")
     draw = draw or _imshow
-    cases = {n: [[case_of(bool(e), float(p), threshold) for e, p in zip(re, rp)]
-                 for re, rp in zip(_rows(exact[n]), _rows(p_yes[n]))] for n in blocks}
+    cases = {n: [[case_of(None if e is None else bool(e), float(p), threshold) for e, p in zip(re, rp)]
+                 for re, rp in zip(_rows(exact[n], p_yes[n]), _rows(p_yes[n]))] for n in blocks}
     probs = {n: _rows(p_yes[n]) for n in blocks}
-    exacts = {n: _rows(exact[n]) for n in blocks}
+    exacts = {n: _rows(exact[n], p_yes[n]) for n in blocks}
+    shown = [c for c in CASES if any(c in row for n in blocks for row in cases[n])] or list(_VERDICT_CASES)
     cell = min(0.9, 6.6 / (len(blocks) * K + 0.4 * (len(blocks) - 1)))
     if figure is None:
         from dynamics.figures.common import pyplot
@@ -158,10 +174,11 @@ def plot_sample_grid(images: Mapping[str, Sequence], exact: Mapping[str, Sequenc
                         if changed:
                             spine.set_linestyle((0, (2, 1)))
                             spine.set_linewidth(4.5)
-                    ax.text(0.96, 0.96, "✓" if exacts[name][b][k] else "✗", transform=ax.transAxes, ha="right",
-                            va="top", fontsize=FONT + 1, color="k",
-                            bbox={"boxstyle": "circle,pad=0.1", "facecolor": "white", "edgecolor": "none",
-                                  "alpha": 0.8})
+                    if exacts[name][b][k] is not None:
+                        ax.text(0.96, 0.96, "✓" if exacts[name][b][k] else "✗", transform=ax.transAxes, ha="right",
+                                va="top", fontsize=FONT + 1, color="k",
+                                bbox={"boxstyle": "circle,pad=0.1", "facecolor": "white", "edgecolor": "none",
+                                      "alpha": 0.8})
                     p = probs[name][b][k]
                     bar = ax.inset_axes((0.0, -0.26, 1.0, 0.14))
                     bar.add_patch(Rectangle((0, 0), p, 1, facecolor=CASES[case], edgecolor="none"))
@@ -182,13 +199,14 @@ def plot_sample_grid(images: Mapping[str, Sequence], exact: Mapping[str, Sequenc
                     col += 1
         counts = "\n".join(_counts_line(n, case_counts(exact[n], p_yes[n], threshold)) for n in blocks)
         fig.suptitle(((title + "\n") if title else "") + counts, fontsize=FONT + 1)
-        handles = [Patch(facecolor="white", edgecolor=c, lw=2.5, label=_KEY[k]) for k, c in CASES.items()]
+        handles = [Patch(facecolor="white", edgecolor=CASES[k], lw=2.5, label=_KEY[k]) for k in shown]
         if len(blocks) > 1:
             handles.append(Patch(facecolor="white", edgecolor="k", lw=2.5, ls=(0, (2, 1)),
                                  label=f"Δ, dashed: case changed from {blocks[0]}"))
+        key = ("frame: case; " + ("" if all(e is None for e in exact.values()) else f"✓/✗: {verdict} verdict; ")
+               + f"bar and number: the model's own P(yes) (tick: acceptance threshold {threshold:g})")
         fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=FONT - 1, frameon=False,
-                   title=f"frame: case; ✓/✗: {verdict} verdict; bar and number: the model's own P(yes) "
-                         f"(tick: acceptance threshold {threshold:g})", title_fontsize=FONT - 1)
+                   title=key, title_fontsize=FONT - 1)
     return fig
 
 
@@ -206,10 +224,12 @@ def draw_sample_grid(path: str | Path, images, exact, p_yes, **kw) -> Path:
 
 def write_sample_grids(out_dir: str | Path, images, exact, p_yes, **kw) -> list[Path]:
     """The grids of a run: ``samples_<block>.png`` of each block alone and ``samples.png`` of all blocks
-    side by side (changed cells marked); ``kw`` go to :func:`plot_sample_grid`. Returns the paths."""
+    side by side (changed cells marked); ``exact`` may be ``None`` (no judge's verdict: the model's own
+    verdicts alone); ``kw`` go to :func:`plot_sample_grid`. Returns the paths."""
     out = Path(out_dir)
-    paths = [draw_sample_grid(out / f"samples_{name}.png", {name: images[name]}, {name: exact[name]},
-                              {name: p_yes[name]}, **kw) for name in images]
+    paths = [draw_sample_grid(out / f"samples_{name}.png", {name: images[name]},
+                              None if exact is None else {name: exact[name]}, {name: p_yes[name]}, **kw)
+             for name in images]
     if len(images) > 1:
         paths.append(draw_sample_grid(out / "samples.png", images, exact, p_yes, **kw))
     return paths

@@ -27,6 +27,7 @@ from dynamics.figures.phase import plot_phase_diagram
 from dynamics.figures.style import (
     COLOURS,
     CONTROL_STYLES,
+    MIN_WIN_N,
     SYMBOLS,
     arm_style,
     arm_styles,
@@ -76,6 +77,23 @@ def _units(arms: Mapping, keys: Sequence[str]) -> int:
     return int(max(ns, default=1))
 
 
+def _denominators(ax, arm, key: str, xs, m, colour) -> None:
+    """A win rate's mean denominator (disagreements per seed) at its last point, and the points resting
+    on fewer than :data:`~dynamics.figures.style.MIN_WIN_N` disagreements drawn hollow and grey."""
+    try:
+        ns = {r[0]: r[1] for r in _curve(arm, f"{key}_n")}
+    except (KeyError, TypeError):  # curves given without their denominators
+        return
+    small = [(x, y) for x, y in zip(xs, m) if ns.get(x) is None or math.isnan(ns[x]) or ns[x] < MIN_WIN_N]
+    if small:
+        ax.plot([x for x, _ in small], [y for _, y in small], ls="none", marker="o", ms=5, mfc="white", mec="0.6",
+                zorder=3)
+    last = ns.get(xs[-1]) if xs else None
+    if last is not None and not math.isnan(last):
+        ax.annotate(f"n = {last:.0f}", (xs[-1], m[-1]), xytext=(2, 4), textcoords="offset points", fontsize=6,
+                    color=colour)
+
+
 @styled
 def plot_curves(
     arms: Mapping,
@@ -88,7 +106,9 @@ def plot_curves(
 ):
     """One panel per metric (rows of at most three), one line per arm: the mean across seeds with a
     band of ± one standard error (no band for one seed); colour and line style per arm, the legend
-    below the panels, a caption naming the bands (``caption`` replaces it). Returns the figure.
+    below the panels, a caption naming the bands (``caption`` replaces it); a win rate with its mean
+    denominator at the last point, hollow grey where it rests on fewer than
+    :data:`~dynamics.figures.style.MIN_WIN_N` disagreements. Returns the figure.
     ``arms`` maps a label to its curves (``{key: [[epoch, mean, s.e., n], ...]}``, see
     :func:`dynamics.sim.experiments.curves`), to its records, or to an arm holding ``.records``;
     ``styles`` override the line keywords of some labels; ``figure``: a ``Figure`` class to build
@@ -112,6 +132,8 @@ def plot_curves(
             se = [error_bar(r[2]) if len(r) < 4 or (r[3] or 0) > 1 else 0.0 for r in rows]
             style = {"ms": 3, **look.get(label, {})}
             (line,) = ax.plot(xs, m, label=label, **style)
+            if "win_rate" in key:
+                _denominators(ax, arm, key, xs, m, line.get_color())
             if any(se):
                 ax.fill_between(xs, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], alpha=0.12,
                                 color=line.get_color(), lw=0)

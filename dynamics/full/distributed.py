@@ -60,24 +60,14 @@ PARALLEL = ("auto", "ddp", "fsdp")
 class DistInfo:
     """Where this process stands: ``rank`` of ``world_size``, ``local_rank`` on its node.
 
-    >>> DistInfo(rank=0, world_size=1, local_rank=0).is_main
-    True
+    >>> DistInfo(rank=0, world_size=1, local_rank=0).world_size
+    1
     """
 
     rank: int
     world_size: int
     local_rank: int
     backend: str | None = None
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 (writes records and checkpoints)."""
-        return self.rank == 0
-
-    @property
-    def is_distributed(self) -> bool:
-        """More than one process."""
-        return self.world_size > 1
 
 
 def _env_int(name: str, default: int) -> int:
@@ -116,7 +106,7 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -
     0
     """
     info = dist_info()
-    if dist.is_initialized() or not info.is_distributed:
+    if dist.is_initialized() or info.world_size == 1:
         return info
     for name in ("MASTER_ADDR", "MASTER_PORT"):
         if name not in os.environ:
@@ -247,8 +237,20 @@ def set_phase(module: nn.Module | None, training: bool) -> None:
         m.set_reshard_after_forward(training, recurse=False)
         if training:
             m.reshard()
+            _forget_forward_order(m)
         else:
             m.unshard()
+
+
+def _forget_forward_order(module) -> None:
+    """Drop the forward order FSDP recorded for backward prefetching. FSDP records it in every forward,
+    inference included, and clears it only after a backward; the ranks' inference forwards differ in
+    number (prompt sharding), so a stale order would make them prefetch different layers in backward
+    and deadlock. FSDP offers no public call for this, hence the private attributes."""
+    state = module._get_fsdp_state()
+    state._comm_ctx.post_forward_order.clear()
+    for group in state._fsdp_param_groups:
+        group._post_forward_indices.clear()
 
 
 def global_sum(x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,8 +150,8 @@ def _toy_size(name: str, default_out, argv):
                       quick_help="the tiny preset, a few pre-training steps, no gap check: a smoke run (seconds)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds seed..seed+N-1 (default 3, quick 2)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("DYNAMICS_CACHE", "cache/toy")),
-                   help="pre-trained checkpoint cache (env DYNAMICS_CACHE)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="pre-trained checkpoint cache (default: $DYNAMICS_CACHE, else the user's cache directory)")
     if name == "toy_judges":
         from dynamics.protocol import COUPLINGS
 
@@ -166,7 +165,7 @@ def _toy_size(name: str, default_out, argv):
 
     base = QUICK if args.quick else ToySize()
     size = dataclasses.replace(base, seeds=tuple(range(args.seed, args.seed + n)),
-                               cache_dir=None if args.quick else str(args.cache_dir))
+                               cache_dir=None if args.quick else (str(args.cache_dir) if args.cache_dir else base.cache_dir))
     return args, size, ({"coupling": args.coupling} if name == "toy_judges" else {})
 
 

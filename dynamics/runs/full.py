@@ -180,8 +180,6 @@ def _check(parser, args) -> CLOConfig:
     kind, _, arg = args.external.partition(":")
     if kind not in EXTERNAL_KINDS or (kind != "none" and not arg):
         parser.error(f"--external {args.external!r}: expected none, file:<path>, detector:<path> or vlm:<path or id>")
-    if kind in ("file", "detector") and not Path(arg).is_file():
-        parser.error(f"--external {args.external}: no such file")
     if kind == "vlm":
         from dynamics.full.presets import checkpoint_source
 
@@ -216,7 +214,7 @@ def _identity(parser, args) -> dict:
     if args.model != "toy":
         extra["model"] = model_identity(args.model)
         kind, _, arg = args.external.partition(":")
-        if kind in ("file", "detector"):
+        if kind in ("file", "detector") and Path(arg).is_file():  # a missing file is refused by its loader
             extra["external"] = f"{kind}:sha256:{content_hash(arg)}"
         elif kind == "vlm":
             extra["external"] = f"vlm:{model_identity(arg)}"

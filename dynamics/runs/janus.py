@@ -106,13 +106,12 @@ def _shown(model, show: torch.Tensor, images: torch.Tensor, external) -> tuple:
 
 def _write_grids(model, show: torch.Tensor, grid: dict[str, tuple], out: Path, *, title: str, threshold: float) -> None:
     """The decoded samples as sample grids (:func:`dynamics.figures.samples.write_sample_grids`): the
-    external verdict and the model's own ``P(yes)`` per image, before and after side by side."""
+    external verdict (where the judge has one for every image) and the model's own ``P(yes)`` per image,
+    before and after side by side."""
     from dynamics.figures.samples import write_sample_grids
 
-    if any(v[2] is None for v in grid.values()):
-        print("sample grids: the external judge gives no verdict on these samples; PNGs only")
-        return
-    write_sample_grids(out, {k: model.decode(v[0])[0] for k, v in grid.items()}, {k: v[2] for k, v in grid.items()},
+    verdicts = None if any(v[2] is None for v in grid.values()) else {k: v[2] for k, v in grid.items()}
+    write_sample_grids(out, {k: model.decode(v[0])[0] for k, v in grid.items()}, verdicts,
                        {k: v[1] for k, v in grid.items()}, prompts=[str(model.prompts.texts[i]) for i in show.tolist()],
                        threshold=threshold, title=title, verdict="external judge")
 
