@@ -51,21 +51,12 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmarks whose steps are reused
+from bench_sampler import PROMPTS  # the sampler benchmark's prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 BEGIN, END = "<!-- gpu_check:begin -->", "<!-- gpu_check:end -->"
 ITEMS = ("bandwidth", "janus", "decode", "throughput", "emu3", "dpo")
-PROMPTS = [
-    "a red cube",
-    "two dogs on a wooden bench near a tree",
-    "a cat",
-    "three blue cups on a table",
-    "a green apple left of a yellow banana",
-    "a tall white house behind a small tree",
-    "four birds",
-    "a black car near a red house",
-]
 NO_GPU = (
     "gpu_check needs a CUDA GPU (torch.cuda.is_available() is False): nothing measured, nothing written. "
     "The CPU smoke run is --device cpu --quick."

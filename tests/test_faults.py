@@ -170,7 +170,7 @@ def forks():
 
 # ------------------------------------------------------------------------------------------ comparison
 
-_WALL = re.compile(r'"(wall_s|cache_hit|path|threads)": [^,\n}]+|\(\d+ s\)')
+_WALL = re.compile(r'"(wall_s|cache_hit|path|threads)": [^,\n}]+|\d+ s\)')  # pre-training record, title
 
 
 def _files(out: Path) -> dict[str, bytes]:

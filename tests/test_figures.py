@@ -331,8 +331,10 @@ def test_every_figure_is_a_png_with_its_legends_outside_every_axes(tmp_path, mon
     """Every draw function (simulator, toy, ablations, multi-step, poor supervision): a non-empty PNG per
     figure; no legend's window extent meets any axes' (legends outside the data); at most 7 inches
     wide. (PDFs are skipped here for time: test_a_figure_writes_png_pdf_and_its_numbers writes one.)"""
+    import matplotlib
     from matplotlib.figure import Figure
 
+    monkeypatch.setitem(matplotlib.rcParams, "figure.max_open_warning", 0)  # every figure is kept to be checked
     savefig = Figure.savefig
     monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: None if str(path).endswith(".pdf")
                         else savefig(self, path, **kw))
@@ -344,6 +346,10 @@ def test_every_figure_is_a_png_with_its_legends_outside_every_axes(tmp_path, mon
     for name, fig in drawn.items():
         _check_figure(name, fig)
     assert len(drawn) >= len(FIGURES) + 6
+    import matplotlib.pyplot as plt
+
+    for fig in drawn.values():
+        plt.close(fig)
 
 
 def test_sample_grid_and_run_curves_follow_the_style(tmp_path):

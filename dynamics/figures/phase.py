@@ -41,31 +41,44 @@ def plot_phase_diagram(rows: Mapping[str, Mapping[str, Mapping]], couplings: Seq
     """One cell per (coupling, judge): the phase as colour, the change beyond the control of Gen
     accuracy and of the false-positive rate (points, mean ± s.e.) and, with ``win_key``, the final
     win rate. A coupling without a row is drawn hatched with its reason from ``missing``; ``labels``
-    replace the couplings' tick labels."""
+    replace the couplings' tick labels. Judges run across and couplings down; with more than four
+    judges (more than fit a page's width) the diagram is transposed."""
     from matplotlib.patches import Patch, Rectangle
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(min(7.0, 1.4 + 1.9 * len(judges)), 0.9 + 0.85 * len(couplings)))
+    # judges across, couplings down; more judges than fit a page's width (four): transposed
+    flip = len(judges) > 4
+    across, down = (couplings, judges) if flip else (judges, couplings)
+    fig, ax = plt.subplots(figsize=(min(7.0, 1.4 + 1.9 * len(across)), 0.9 + 0.85 * len(down)))
+
+    def at(c: int, j: int) -> tuple[int, int]:  # (x, y) of coupling index c, judge index j
+        return (c, j) if flip else (j, c)
+
     for i, c in enumerate(couplings):
         if c not in rows:
-            ax.add_patch(Rectangle((0, i), len(judges), 1, facecolor="white", hatch="//", edgecolor="grey", lw=0.5))
-            ax.text(len(judges) / 2, i + 0.5, (missing or {}).get(c, "not measured"), ha="center", va="center",
-                    fontsize=7, bbox={"facecolor": "white", "edgecolor": "none"})
+            x, y = at(i, 0)
+            w, h = (1, len(judges)) if flip else (len(judges), 1)
+            ax.add_patch(Rectangle((x, y), w, h, facecolor="white", hatch="//", edgecolor="grey", lw=0.5))
+            ax.text(x + w / 2, y + h / 2, (missing or {}).get(c, "not measured"), ha="center", va="center",
+                    fontsize=7, rotation=90 if flip else 0, bbox={"facecolor": "white", "edgecolor": "none"})
             continue
         for j, judge in enumerate(judges):
             row = rows[c][judge]
-            ax.add_patch(Rectangle((j, i), 1, 1, facecolor=PHASE_COLOURS[row["phase"]], edgecolor="black", lw=0.5))
+            x, y = at(i, j)
+            ax.add_patch(Rectangle((x, y), 1, 1, facecolor=PHASE_COLOURS[row["phase"]], edgecolor="black", lw=0.5))
             lines = [f"ΔGen {_pm(row['gen'])}", f"ΔFP {_pm(row['fp'])}"]
             if win_key and f"final_{win_key}" in row:
                 m, se, _ = row[f"final_{win_key}"]
                 lines.append(f"win {100 * (m + 0.5):.0f} ± {100 * se:.0f}")
-            ax.text(j + 0.5, i + 0.5, "\n".join(lines), ha="center", va="center", fontsize=7)
-    ax.set_xlim(0, len(judges))
-    ax.set_ylim(len(couplings), 0)
-    ax.set_xticks([j + 0.5 for j in range(len(judges))], list(judges), fontsize=8)
-    ax.set_yticks([i + 0.5 for i in range(len(couplings))], [(labels or {}).get(c, c) for c in couplings], fontsize=8)
-    ax.set_xlabel("judge", fontsize=8)
-    ax.set_ylabel("coupling", fontsize=8)
+            ax.text(x + 0.5, y + 0.5, "\n".join(lines), ha="center", va="center", fontsize=7)
+    names = {"coupling": [(labels or {}).get(c, c) for c in couplings], "judge": list(judges)}
+    xname, yname = ("coupling", "judge") if flip else ("judge", "coupling")
+    ax.set_xlim(0, len(across))
+    ax.set_ylim(len(down), 0)
+    ax.set_xticks([j + 0.5 for j in range(len(across))], names[xname], fontsize=8)
+    ax.set_yticks([i + 0.5 for i in range(len(down))], names[yname], fontsize=8)
+    ax.set_xlabel(xname, fontsize=8)
+    ax.set_ylabel(yname, fontsize=8)
     ax.tick_params(length=0)
     ax.set_title(title, fontsize=9)
     handles = [Patch(facecolor=col, edgecolor="black", lw=0.5, label=name) for name, col in PHASE_COLOURS.items()]

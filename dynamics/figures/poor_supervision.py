@@ -105,6 +105,5 @@ def draw_poor_supervision(result: dict, out_dir: str | Path) -> list[Path]:
     judges = [j for j in plot["judges"] if all(j in s["rows"][c] for c in couplings)]
     fig = plot_phase_diagram({c: s["rows"][c] for c in couplings}, couplings, judges, win_key="exact_win_rate",
                              caption=caption, title="poor supervision: coupling x judge (SFT, simulator)")
-    fig.set_size_inches(max(7.0, 1.1 * len(judges) + 1.4), fig.get_size_inches()[1])
     paths += save_figure(fig, out_dir, f"{result['name']}_phase")
     return paths + [write_summary(out_dir, result["name"], s)]

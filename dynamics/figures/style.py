@@ -241,9 +241,13 @@ def smoke_banner(fig, why: str) -> None:
     """Write "SMOKE TEST" with ``why`` across the figure (a quick size whose numbers are not results)."""
     fig.text(0.5, 0.5, "SMOKE TEST: not a result", ha="center", va="center", fontsize=20, color="red",
              alpha=0.25, rotation=20, transform=fig.transFigure, zorder=100)
+    message = f"SMOKE TEST ({why}): the numbers below are not results"
+    engine = fig.get_layout_engine()
+    if engine is None or type(engine).__name__ != "ConstrainedLayoutEngine":  # a laid-out figure: above it
+        fig.text(0.5, 1.0, message, ha="center", va="bottom", color="red", fontsize=FONT + 1)
+        return
     old = fig.get_suptitle()
-    fig.suptitle(f"SMOKE TEST ({why}): the numbers below are not results" + (f"\n{old}" if old else ""),
-                 color="red", fontsize=FONT + 1)
+    fig.suptitle(message + (f"\n{old}" if old else ""), color="red", fontsize=FONT + 1)
 
 
 def styled(fn):

@@ -525,6 +525,7 @@ class Emu3Unified(JanusUnified):
     """
 
     replicas = 1
+    _trunk, _gen, _lora_targets = _TRUNK, _GEN, _LORA_TARGETS
 
     def __init__(
         self,
@@ -617,25 +618,6 @@ class Emu3Unified(JanusUnified):
                              "shapes, for benchmarks: dynamics.full.emu3.build_emu3); use emu3-tiny or a checkpoint")
         model, processor = load_emu3(name_or_path, dtype=dtype, device=device, seed=seed, image_tokens=image_tokens)
         return cls(model, processor, prompts, **kwargs)
-
-    def _apply_scope(self, rank: int, alpha: float, dropout: float) -> None:
-        model = self.model
-        if self.scope == "lora":
-            from peft import LoraConfig, inject_adapter_in_model
-
-            if rank < 1:
-                raise ValueError(f"lora_rank must be >= 1, got {rank}")
-            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=_LORA_TARGETS)
-            if not any("lora_" in n for n, _ in model.named_parameters()):  # adapters already there: reuse
-                inject_adapter_in_model(config, model)
-        for name, p in model.named_parameters():
-            if self.scope == "lora":
-                keep = "lora_" in name
-            else:
-                keep = bool(_TRUNK.match(name)) or (self.scope == "trunk+gen" and bool(_GEN.match(name)))
-            p.requires_grad_(keep)
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ValueError(f"scope {self.scope!r} selects no parameter of this model")
 
     # ------------------------------------------------------------------ generation
     def _generation_encoding(self, texts: Sequence[str]):

@@ -177,6 +177,8 @@ class JanusUnified:
     """
 
     replicas = 1
+    # parameter names of the scopes (a subclass for another family sets its own)
+    _trunk, _gen, _lora_targets = _TRUNK, _GEN, _LORA_TARGETS
 
     def __init__(
         self,
@@ -284,14 +286,14 @@ class JanusUnified:
 
             if rank < 1:
                 raise ValueError(f"lora_rank must be >= 1, got {rank}")
-            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=_LORA_TARGETS)
+            config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=self._lora_targets)
             if not any("lora_" in n for n, _ in model.named_parameters()):  # adapters already there: reuse
                 inject_adapter_in_model(config, model)
         for name, p in model.named_parameters():
             if self.scope == "lora":
                 keep = "lora_" in name
             else:
-                keep = bool(_TRUNK.match(name)) or (self.scope == "trunk+gen" and bool(_GEN.match(name)))
+                keep = bool(self._trunk.match(name)) or (self.scope == "trunk+gen" and bool(self._gen.match(name)))
             p.requires_grad_(keep)
         if not any(p.requires_grad for p in model.parameters()):
             raise ValueError(f"scope {self.scope!r} selects no parameter of this model")

@@ -80,7 +80,9 @@ def run_dir(parser, args, name: str, identity: dict) -> Path:
                          + "".join(f"\n  {d}" for d in diff))
         return out
     if args.out is None:
-        out = default_out(name) if writer else None
+        if os.environ.get("WORLD_SIZE", "1") != "1":
+            parser.error("--out is required with several processes: every rank writes into the same run directory")
+        out = default_out(name)
     else:
         out = Path(args.out)
         held = [n for n in ("identity.json", "config.json", "state.pt") if (out / n).exists()]
