@@ -200,6 +200,8 @@ class RunDir:
 
     def truncate_jsonl(self, name: str, keep) -> None:
         """Keep only the records for which ``keep(record)`` is true (used on resume)."""
+        if not self.file(name).exists():  # nothing to keep; an empty file would be a record the run never wrote
+            return
         records = [r for r in self.read_jsonl(name) if keep(r)]
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         self._atomic_write(name, lambda p: p.write_text(text))

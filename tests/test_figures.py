@@ -1,7 +1,9 @@
-"""Smoke tests of the figures: an experiment's result drawn writes PNG, PDF and its numbers (every
+"""Tests of the figures: an experiment's result drawn writes PNG, PDF and its numbers (every
 experiment and draw function also runs in its docstring example), the drawing modules import nothing
-that runs a model or computes a statistic, one figure script runs end to end with --quick, and
-make_all.py runs every script (slow: one process per script)."""
+that runs a model or computes a statistic, one figure script runs end to end with --quick, every draw
+function's figures follow the style (a non-empty PNG, at most a page wide, every legend outside every
+axes), the sample grids count the four cases, progress bars stay quiet in logs, and make_all.py runs
+every script (slow: one process per script)."""
 
 from __future__ import annotations
 
@@ -401,9 +403,9 @@ def test_progress_bars_do_not_flood_a_log(capsys):
     assert progress(range(3), leave=False).disable
     import time
 
-    bar = progress(range(400), desc="steps")
+    bar = progress(range(240), desc="steps")
     assert not bar.disable and bar.mininterval == PROGRESS_LOG_INTERVAL >= 30
-    for _ in bar:  # about a second: tqdm's own 0.1 s interval would write some ten updates
+    for _ in bar:  # about 0.6 s: tqdm's own 0.1 s interval would write some six updates
         time.sleep(0.0025)
     assert capsys.readouterr().err.count("\r") <= 3
     assert progress(range(3), enabled=False).disable

@@ -19,6 +19,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 # the figures each notebook shows: plt.show() and IPython.display.Image outputs
 EXPECTED_IMAGES = {
+    "analyse_a_run.ipynb": 3,  # curves, the sample grid before and after, the first-order check
     "simulator_tour.ipynb": 4,  # co-improvement curves, corrupt-judge scan, curriculum, phase diagram
     "theory_walkthrough.ipynb": 3,  # kernel norms, the eta^2 residual, the aligned regime
     "toy_world_tour.ipynb": 3,  # the world's scenes, the sample grid before and after, the first-order check
@@ -51,6 +52,12 @@ def test_every_notebook_is_listed_and_committed_without_outputs():
         nb = nbformat.read(NOTEBOOKS / name, as_version=4)
         stale = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.get("outputs") or c.execution_count)]
         assert stale == [], f"{name}: committed outputs in cells {stale}; clear them"
+
+
+class TestAnalyseARun:
+    def test_runs_and_shows_its_plots(self, monkeypatch):
+        monkeypatch.delenv("DYNAMICS_RUN", raising=False)  # the notebook makes its own tiny-Janus run
+        _check("analyse_a_run.ipynb")
 
 
 class TestSimulatorTour:

@@ -13,6 +13,10 @@ here runs a model or computes a statistic: the experiments are :mod:`dynamics.si
 - :mod:`dynamics.figures.phase`: the phase-diagram panel both scales share;
 - :mod:`dynamics.figures.diagnose`: the diagnosis of models without training (Non and attribution per
   task, Non per tier; drawn by ``experiments/diagnose.py``);
+- :mod:`dynamics.figures.samples`: sample grids that show the self-contradiction (the exact verdict
+  against the model's own ``P(yes)`` per image, before and after side by side);
+- :mod:`dynamics.figures.style`: the one figure style every drawing uses (sizes, legends outside the
+  data, colour and line style per arm, the caption naming the bands, smoke-test marking);
 - :mod:`dynamics.figures.common`: pyplot (the backend is not forced), writing a figure and its numbers.
 
 Panel titles come from :data:`dynamics.report.LABELS`.

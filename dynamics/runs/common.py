@@ -68,8 +68,14 @@ def run_dir(parser, args, name: str, identity: dict) -> Path:
             parser.error("--resume needs --out, the run directory to continue")
         out = Path(args.out)
         if not (out / "identity.json").is_file():
-            what = "no such directory" if not out.exists() else "it holds no identity.json"
-            parser.error(f"--resume: {out} holds no run to continue ({what}); start one without --resume")
+            held = [n for n in ("config.json", "state.pt", "metrics.jsonl") if (out / n).exists()]
+            if not out.is_dir() or held:
+                what = "no such directory" if not out.is_dir() else f"{held[0]} but no identity.json"
+                parser.error(f"--resume: {out} holds no run to continue ({what}); start one without --resume")
+            if writer:  # killed before its identity was written: nothing ran yet, so the run starts here
+                RunDir(out).remove_partial_writes()
+                RunDir(out).write_json("identity.json", identity)
+            return out
         try:
             old = RunDir(out).read_json("identity.json", todo="start a new run with another --out")
         except DamagedRunError as e:
