@@ -77,14 +77,14 @@ def test_verdicts_are_the_models_own_on_a_clo_rounds_samples():
     assert overall["non_unification"] == pytest.approx((~d.own_yes).double().mean().item())
 
 
-def test_check_model_names_the_bad_model():
+def test_check_model_names_the_bad_model(tmp_path):
     assert check_model("tiny") == "tiny"
     with pytest.raises(ValueError, match="'janus-pro-3b'"):
         check_model("janus-pro-3b")
     with pytest.raises(ValueError, match="no config.json"):
-        check_model(str(TOY_CACHE))  # a directory, not a checkpoint
-
-
+        check_model(str(tmp_path))  # a directory, not a checkpoint
+    with pytest.raises(ValueError, match="no such checkpoint directory"):
+        check_model(str(tmp_path / "missing"))
 
 
 def test_command_on_the_toy_and_full_scale_presets(tmp_path, capsys):
