@@ -67,7 +67,7 @@ from torch import nn
 
 from dynamics.protocol import PromptSet
 
-from .janus import CFG_MODES, SCOPES, JanusUnified, JudgeConfig, _single_token_ids
+from .janus import JanusUnified, JudgeConfig, _checkpoint_activations
 from .presets import DEFAULT_WORDS, build_tokenizer, checkpoint_source
 from .sampler import SamplingConfig, draw_rows, guide, position_ids, row_seeds, to_uint8, warp
 
@@ -524,7 +524,6 @@ class Emu3Unified(JanusUnified):
     if recorded, else the processor's). ``judge.png_roundtrip`` must stay True: Emu3 reads 8-bit images.
     """
 
-    replicas = 1
     _trunk, _gen, _lora_targets = _TRUNK, _GEN, _LORA_TARGETS
 
     def __init__(
@@ -549,16 +548,7 @@ class Emu3Unified(JanusUnified):
     ) -> None:
         if processor is None:
             raise ValueError("Emu3Unified needs an Emu3Processor (a shape preset has none: it is for benchmarks)")
-        if not isinstance(prompts, PromptSet):
-            prompts = PromptSet(texts=list(prompts))
-        sampling = SamplingConfig() if sampling is None else sampling
-        judge = JudgeConfig() if judge is None else judge
-        if cfg_mode not in CFG_MODES:
-            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        if logprob_batch_size is not None and logprob_batch_size < 1:
-            raise ValueError(f"logprob_batch_size must be None or >= 1, got {logprob_batch_size}")
+        prompts, sampling, judge = self._settings(prompts, sampling, judge, cfg_mode, scope, logprob_batch_size)
         if not judge.png_roundtrip:
             raise ValueError("JudgeConfig.png_roundtrip=False is not available for Emu3: it reads 8-bit images "
                              "through its processor and VQ encoder")
@@ -571,24 +561,12 @@ class Emu3Unified(JanusUnified):
         self.height, self.width = processor.calculate_generate_size(ratio, self.image_area, SPATIAL_FACTOR)
         self.image_length = self.height * self.width
         self.layout = ImageLayout(model, self.height, self.width)  # raises on a vocabulary without the layout
-        tok = processor.tokenizer
-        self._yes_ids = _single_token_ids(tok, judge.yes)
-        self._no_ids = _single_token_ids(tok, judge.no)
-        if judge.mode == "logits":
-            if not self._yes_ids or not self._no_ids:
-                raise ValueError(f"no single-token answer among yes={judge.yes!r} / no={judge.no!r} for this "
-                                 "tokenizer; give answer strings that encode to one token")
-            if set(self._yes_ids) & set(self._no_ids):
-                raise ValueError(f"yes and no answers share token ids {sorted(set(self._yes_ids) & set(self._no_ids))}")
+        self._answer_ids(processor.tokenizer, judge)
         self._apply_scope(lora_rank, lora_alpha, lora_dropout)
         if gradient_checkpointing:
             text = model.model.text_model
-            if hasattr(text, "activation_checkpointing_enable"):
-                text.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:  # transformers < 5.2x
-                text.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            text.train()  # transformers checkpoints only in training mode; Emu3's attention dropout is zeroed
-            for module in text.modules():  # so that training mode changes nothing else
+            _checkpoint_activations(text)
+            for module in text.modules():  # Emu3's attention dropout zeroed: training mode changes nothing else
                 if hasattr(module, "attention_dropout"):
                     module.attention_dropout = 0.0
         self.gradient_checkpointing = bool(gradient_checkpointing)

@@ -161,6 +161,16 @@ def _single_token_ids(tokenizer, words: Sequence[str]) -> list[int]:
     return out
 
 
+def _checkpoint_activations(lm) -> None:
+    """Recompute the activations of the language model ``lm`` in backward (less memory). transformers
+    checkpoints only in training mode, so ``lm`` is put in it."""
+    if hasattr(lm, "activation_checkpointing_enable"):
+        lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers < 5.2x
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lm.train()
+
+
 class JanusUnified:
     """A Janus model seen through the model protocol (see the module docstring). ``R = 1``.
 
@@ -197,16 +207,7 @@ class JanusUnified:
         gradient_checkpointing: bool = False,
         progress: bool = False,
     ) -> None:
-        if not isinstance(prompts, PromptSet):
-            prompts = PromptSet(texts=list(prompts))
-        sampling = SamplingConfig() if sampling is None else sampling
-        judge = JudgeConfig() if judge is None else judge
-        if cfg_mode not in CFG_MODES:
-            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
-        if scope not in SCOPES:
-            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
-        if logprob_batch_size is not None and logprob_batch_size < 1:
-            raise ValueError(f"logprob_batch_size must be None or >= 1, got {logprob_batch_size}")
+        prompts, sampling, judge = self._settings(prompts, sampling, judge, cfg_mode, scope, logprob_batch_size)
         self.model = model
         self.processor = processor
         self.prompts = prompts
@@ -225,7 +226,33 @@ class JanusUnified:
                 "(vision_config.num_image_tokens must be (image_size // patch_size) ** 2)"
             )
         special_token_ids(model)  # raises early if the generation token ids are missing
-        tok = processor.tokenizer
+        self._answer_ids(processor.tokenizer, judge)
+        self._apply_scope(lora_rank, lora_alpha, lora_dropout)
+        if gradient_checkpointing:
+            # the Llama trunk has no dropout, so training mode changes nothing else
+            _checkpoint_activations(model.model.language_model)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.scorer = GenerationScorer(model)
+        self.module: torch.nn.Module = self.scorer
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def _settings(prompts, sampling, judge, cfg_mode, scope, logprob_batch_size):
+        """The constructor's settings checked (ValueError naming the setting), with their defaults filled:
+        ``(prompts as a PromptSet, sampling, judge)``."""
+        if not isinstance(prompts, PromptSet):
+            prompts = PromptSet(texts=list(prompts))
+        if cfg_mode not in CFG_MODES:
+            raise ValueError(f"cfg_mode must be one of {CFG_MODES}, got {cfg_mode!r}")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        if logprob_batch_size is not None and logprob_batch_size < 1:
+            raise ValueError(f"logprob_batch_size must be None or >= 1, got {logprob_batch_size}")
+        return prompts, SamplingConfig() if sampling is None else sampling, JudgeConfig() if judge is None else judge
+
+    def _answer_ids(self, tok, judge: JudgeConfig) -> None:
+        """The single-token ids of the yes and no answers (``self._yes_ids``, ``self._no_ids``), checked
+        usable for reading P(yes) from logits."""
         self._yes_ids = _single_token_ids(tok, judge.yes)
         self._no_ids = _single_token_ids(tok, judge.no)
         if judge.mode == "logits":
@@ -238,21 +265,7 @@ class JanusUnified:
                 raise ValueError(
                     f"yes and no answers share token ids {sorted(set(self._yes_ids) & set(self._no_ids))}"
                 )
-        self._apply_scope(lora_rank, lora_alpha, lora_dropout)
-        if gradient_checkpointing:
-            # recompute the LLM's activations in backward (transformers checkpoints only in training mode;
-            # the Llama trunk has no dropout, so training mode changes nothing else)
-            lm = model.model.language_model
-            if hasattr(lm, "activation_checkpointing_enable"):
-                lm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-            else:  # transformers < 5.2x
-                lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            lm.train()
-        self.gradient_checkpointing = bool(gradient_checkpointing)
-        self.scorer = GenerationScorer(model)
-        self.module: torch.nn.Module = self.scorer
 
-    # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(
         cls,
