@@ -159,5 +159,20 @@ def test_one_process_helpers_are_identities():
     D.set_phase(m, True)  # no-op
 
 
+def test_resume_with_another_number_of_processes_is_refused_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from tests.test_entry_points import full_clo, tiny
+
+    full_clo(tiny(tmp_path, "--judge", "all"), tmp_path / "r")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun --nproc_per_node 2 would start it
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("dynamics.runs.janus.load_model", no_model)
+    with pytest.raises(SystemExit) as e:
+        full_clo(tiny(tmp_path, "--judge", "all", "--resume"), tmp_path / "r")
+    assert e.value.code == 2 and "processes" in capsys.readouterr().err
+
+
 if __name__ == "__main__":  # one rank, launched by torchrun from _launch
     _worker(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -212,7 +212,10 @@ def model_identity(name: str) -> str:
 def _identity(parser, args) -> dict:
     extra = {"scale": "toy" if args.model == "toy" else "model"}
     if args.model != "toy":
+        from dynamics.full.distributed import dist_info
+
         extra["model"] = model_identity(args.model)
+        extra["processes"] = dist_info().world_size  # training batches are split over ranks: it changes the run
         kind, _, arg = args.external.partition(":")
         if kind in ("file", "detector") and Path(arg).is_file():  # a missing file is refused by its loader
             extra["external"] = f"{kind}:sha256:{content_hash(arg)}"

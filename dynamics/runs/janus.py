@@ -55,7 +55,6 @@ def run_janus(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
     vlm = args.external.startswith("vlm:")
     external = None if vlm else load_external(args, prompts)  # judgement and detection files: before the model
     parallel = parallel_mode(getattr(args, "parallel", "auto"))  # a bad launch is refused before the model loads
-    _check_resume_world(out, args.resume)
     if os.environ.get("WORLD_SIZE", "1") != "1":
         init_distributed()
     info = dist_info()
@@ -114,26 +113,6 @@ def _write_grids(model, show: torch.Tensor, grid: dict[str, tuple], out: Path, *
     write_sample_grids(out, {k: model.decode(v[0])[0] for k, v in grid.items()}, verdicts,
                        {k: v[1] for k, v in grid.items()}, prompts=[str(model.prompts.texts[i]) for i in show.tolist()],
                        threshold=threshold, title=title, verdict="external judge")
-
-
-def _check_resume_world(out: Path, resume: bool) -> None:
-    """``--resume`` with another number of processes than the run was started with is refused before
-    the model loads (training batches are split over ranks: the schedule would change)."""
-    import json
-
-    from dynamics.full.distributed import dist_info
-
-    path = Path(out) / "config.json"
-    if not resume or not path.exists():
-        return
-    try:
-        saved = json.loads(path.read_text()).get("run", {}).get("world_size", 1)
-    except (OSError, ValueError):
-        return  # a damaged config.json is reported by the run directory's own checks
-    world = dist_info().world_size
-    if saved != world:
-        raise ValueError(f"{path}: the run was started with {saved} process(es), this launch has {world}: relaunch "
-                         f"with --nproc_per_node {saved} to resume it")
 
 
 def load_model(args, name: str, prompts, *, seed: int, device: str):
