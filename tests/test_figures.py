@@ -216,6 +216,19 @@ def _toy_results() -> dict:
                "all": (_stat(0.5, n=3), _stat(0.5, n=3), _stat(0.0, n=3))}
            for k in ("gen_acc", "und_fp_rate", "und_fn_rate", "win_rate")}
     arm["win_rate_n"] = {"self": (12.0, 1.0, 3), "all": (3.0, 1.0, 3)}
+    scope_arm = {k: {"self": (_stat(0.5, n=3), _stat(0.52, n=3), _stat(0.02, n=3)),
+                     "all": (_stat(0.5, n=3), _stat(0.5, n=3), _stat(0.0, n=3))}
+                 for k in ("gen_acc", "und_fp_rate", "non_unification", "win_rate")}
+    scope_arm["win_rate_n"] = arm["win_rate_n"]
+    ps_judges = ["self", "oracle", "lookalike:1", "pr:0.5,0.3"]
+    ps_rows = {j: {"phase": "drift", "gen": _stat(0.02 * i), "fp": _stat(-0.01), "non_unification": _stat(-0.03),
+                   "final_win_rate": _stat(0.05)} for i, j in enumerate(ps_judges)}
+    nan = (float("nan"), float("nan"), 0)
+    alarm = {"false_alarm_rate": (0.1, 0.05, 6), "miss_rate": nan, "co_degradation_miss_rate": nan}
+    cm_rows = [{"n": n, "loss": "sft", "replay": r, "pool": (12.0 / n, 1.0, 3), "recovered": (10.0 / n, 1.0, 3),
+                "replay_precision": (0.7, 0.05, 3), "first_precision": (0.85, 0.01, 3),
+                **({"vs_off": {"gen_acc": (0.01, 0.02, 3), "und_fp_rate": (-0.01, 0.004, 3)}} if r != "off" else {})}
+               for n in (1, 2) for r in ("off", "late")]
     toy = {
         "toy_judges": ({"size": _toy_size(), "coupling": "tied", "rows": rows},
                        {"judges": judges, "categories": cats, "metrics": metrics}),
@@ -225,6 +238,16 @@ def _toy_results() -> dict:
                               {"couplings": ["decoupled", "trunk", "tied"], "judges": ["self"], "scale": "toy"}),
         "toy_recipes": ({"size": _toy_size(), "recipes": {"default": arm, "longer": arm}},
                         {"labels": ["default", "longer"]}),
+        "toy_scopes": ({"size": _toy_size(), "scopes": {"all": scope_arm, "trunk": scope_arm},
+                        "parameters": {"all": 120000, "trunk": 80000}}, {"labels": ["all", "trunk"]}),
+        "toy_poor_supervision": ({"rows": {"tied": ps_rows}, "alarm": {"tied": alarm}, "lookalike_ps": [1.0],
+                                  "precisions": [0.5], "recall": 0.3, "units": {"tied": [[0, 0], [0, 1]]},
+                                  "alpha": 0.05, "alarm_tolerance": 0.01},
+                                 {"couplings": ["tied"], "judges": ps_judges, "scale": "toy world",
+                                  "keys": {"gen": "gen_acc", "fp": "und_fp_rate", "non": "non_unification",
+                                           "win": "win_rate", "others": [], "alarms": ["alarm"]}}),
+        "toy_curriculum_map": ({"rows": cm_rows, "judge": "self", "keys": ["gen_acc", "und_fp_rate", "non_unification"],
+                                "why": {"rho_gap_gen": 0.1, "points": []}}, {"scale": "toy world"}),
     }
     return {name: {"name": f"fig_{name}", "summary": s, "plot": p} for name, (s, p) in toy.items()}
 

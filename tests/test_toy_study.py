@@ -66,9 +66,10 @@ def test_every_toy_figure_pairs_an_experiment_with_its_draw_function():
     from dynamics.runs.figures import FIGURES
 
     toy = {name: fig for name, fig in FIGURES.items() if fig.scale == "toy"}
-    assert sorted(toy) == ["toy_first_order", "toy_judges", "toy_phase_diagram", "toy_recipes"]
+    assert sorted(toy) == ["toy_curriculum_map", "toy_first_order", "toy_judges", "toy_phase_diagram",
+                           "toy_poor_supervision", "toy_recipes", "toy_scopes"]
     for name, fig in toy.items():
-        assert fig.experiment.__module__ == "dynamics.toy.experiments", name
+        assert fig.experiment.__module__ in ("dynamics.toy.experiments", "dynamics.toy.ablations"), name
         assert fig.draw.__module__ == "dynamics.figures.toy", name
 
 

@@ -49,12 +49,14 @@ def _units(rows) -> int:
 
 
 @styled
-def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), title: str | None = None):
+def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), title: str | None = None,
+                        keys: Sequence[str] = ("exact_gen_acc", "exact_pre_fp_rate")):
     """The curriculum map: against the number of candidates ``N``, one line per replay (and loss:
     SFT solid, DPO dashed): the discard pool and the prompts recovered; the replayed precision against
     the first round's; Gen and the false-positive rate beyond no replay (points, mean ± s.e. over
     units); with ``points``, per unit, the replayed precision's gap to the first round against the
-    Gen gain beyond no replay. Returns the figure.
+    Gen gain beyond no replay. ``keys``: the rows' keys of Gen and of the false-positive rate (the
+    simulator's exact metrics by default). Returns the figure.
 
     >>> rows = [{"n": n, "loss": "sft", "replay": r, "pool": (12.0 / n, 1.0, 4), "recovered": (10.0 / n, 1.0, 4),
     ...          "replay_precision": (0.7, 0.05, 4), "first_precision": (0.85, 0.01, 4),
@@ -92,7 +94,7 @@ def plot_curriculum_map(rows: Sequence[dict], *, points: Sequence[dict] = (), ti
                     ls="none", label=f"recovered / replayed: {replay}")
     ax.set_xscale("log")
     ax.set_title("training-data precision (oracle)")
-    for ax, key, name in ((axes[2], "exact_gen_acc", "Gen"), (axes[3], "exact_pre_fp_rate", "Und FP rate")):
+    for ax, key, name in ((axes[2], keys[0], "Gen"), (axes[3], keys[1], "Und FP rate")):
         for li, loss in enumerate(losses):
             for i, replay in enumerate(r for r in replays if r != "off"):
                 mine = [r for r in rows if r["loss"] == loss and r["replay"] == replay and "vs_off" in r]
@@ -134,7 +136,10 @@ def draw_curriculum_map(result: dict, out_dir: str | Path) -> list[Path]:
     title = f"curriculum replay (judge: {s.get('judge', 'self')})"
     if rho is not None and not (isinstance(rho, float) and math.isnan(rho)):
         title += f"; Spearman rho(precision gap, Gen gain) = {rho:+.2f}"
-    fig = plot_curriculum_map(s["rows"], points=why.get("points", []), title=title)
+    if result.get("plot", {}).get("scale"):
+        title = f"{result['plot']['scale']}: {title}"
+    fig = plot_curriculum_map(s["rows"], points=why.get("points", []), title=title,
+                              keys=tuple(s.get("keys", ("exact_gen_acc", "exact_pre_fp_rate")))[:2])
     return finish(fig, out_dir, result)
 
 

@@ -1,5 +1,6 @@
 """Poor supervision: judges that fail the way real judges fail, read against the unfiltered control
-(only draws what :func:`dynamics.sim.poor_supervision.poor_supervision_scan` returns).
+(only draws what :func:`dynamics.sim.poor_supervision.poor_supervision_scan` or
+:func:`dynamics.toy.ablations.toy_poor_supervision` returns).
 
 Two figures: ``<name>`` (PNG, PDF and the JSON of the numbers) draws the change beyond the control of
 Gen accuracy, of the understanding's false-positive rate and of Non against the look-alike judge's
@@ -34,7 +35,7 @@ from dynamics.figures.style import caption as style_caption
 
 __all__ = ["draw_poor_supervision", "plot_poor_supervision"]
 
-_PANELS = (("gen", r"$\Delta$Gen accuracy"), ("fp", r"$\Delta$FP rate"), ("exact_non_unification", r"$\Delta$Non"))
+_PANELS = (("gen", r"$\Delta$Gen accuracy"), ("fp", r"$\Delta$FP rate"), ("non", r"$\Delta$Non"))
 _MARKERS = {"decoupled": "s", "trunk": "^", "tied": "D", "bayes": "o"}
 
 
@@ -44,8 +45,9 @@ def _pct(v) -> str:
 
 
 @styled
-def plot_poor_supervision(summary: dict, couplings, *, title: str, caption: str = ""):
-    """The changes beyond the control against the judge's knob (see the module docstring)."""
+def plot_poor_supervision(summary: dict, couplings, *, title: str, caption: str = "", non_key: str = "exact_non_unification"):
+    """The changes beyond the control against the judge's knob (see the module docstring); ``non_key``:
+    the row key of Non's change."""
     fig, flat = panels(6, height=2.1)
     axes = [flat[:3], flat[3:]]
     look = arm_styles(list(couplings))
@@ -55,6 +57,7 @@ def plot_poor_supervision(summary: dict, couplings, *, title: str, caption: str 
                f"pr judge: precision (recall {summary['recall']:g})"))
     for i, (_, judges, xs, xlabel) in enumerate(series):
         for j, (key, label) in enumerate(_PANELS):
+            key = non_key if key == "non" else key
             ax = axes[i][j]
             ax.axhline(0.0, color="grey", lw=0.6)
             for c in couplings:
@@ -84,14 +87,23 @@ def plot_poor_supervision(summary: dict, couplings, *, title: str, caption: str 
     return fig
 
 
+def _units(summary: dict) -> str:
+    if "worlds" in summary:
+        return f"{len(summary['worlds'])} worlds x seeds"
+    return f"{len(summary.get('units', []))} (world, seed) units"
+
+
 @styled
 def draw_poor_supervision(result: dict, out_dir: str | Path) -> list[Path]:
     """Both figures and the numbers: ``<name>.png/.pdf``, ``<name>_phase.png/.pdf``, ``<name>.json``."""
     s, plot = result["summary"], result["plot"]
+    keys = plot.get("keys") or {"non": "exact_non_unification", "win": "exact_win_rate"}
+    scale = plot.get("scale", "simulator")
     couplings = [c for c in plot["couplings"] if c in s["rows"]]
     n = max((row["gen"][2] for c in couplings for row in s["rows"][c].values() if "gen" in row), default=0)
-    fig = plot_poor_supervision(s, couplings, title="poor supervision (SFT, simulator): change beyond the control 'all'",
-                                caption=f"Points: mean ± 1 s.e. over {n} units ({len(s['worlds'])} worlds x seeds), "
+    fig = plot_poor_supervision(s, couplings, non_key=keys["non"],
+                                title=f"poor supervision (SFT, {scale}): change beyond the control 'all'",
+                                caption=f"Points: mean ± 1 s.e. over {n} units ({_units(s)}), "
                                         "paired with the unfiltered control 'all'. Top: the look-alike judge accepts near misses "
                                         "with probability p; bottom: the pr judge at a set precision and recall, its "
                                         "errors near misses first. FP: the understanding's false positives on the "
@@ -100,10 +112,10 @@ def draw_poor_supervision(result: dict, out_dir: str | Path) -> list[Path]:
     alarm = "; ".join(f"{c}: false alarms {_pct(a['false_alarm_rate'])}, misses {_pct(a['miss_rate'])} "
                       f"(co-degrading with Non falling: {_pct(a['co_degradation_miss_rate'])})"
                       for c, a in s["alarm"].items())
-    caption = (f"Beyond the unfiltered control (points; {len(s['worlds'])} worlds x seeds); phase by one-sided paired "
+    caption = (f"Beyond the unfiltered control (points; {_units(s)}); phase by one-sided paired "
                f"t at alpha = {s['alpha']}. Co-degradation alarm (tolerance {s['alarm_tolerance']:g}): {alarm}.")
     judges = [j for j in plot["judges"] if all(j in s["rows"][c] for c in couplings)]
-    fig = plot_phase_diagram({c: s["rows"][c] for c in couplings}, couplings, judges, win_key="exact_win_rate",
-                             caption=caption, title="poor supervision: coupling x judge (SFT, simulator)")
+    fig = plot_phase_diagram({c: s["rows"][c] for c in couplings}, couplings, judges, win_key=keys["win"],
+                             caption=caption, title=f"poor supervision: coupling x judge (SFT, {scale})")
     paths += save_figure(fig, out_dir, f"{result['name']}_phase")
     return paths + [write_summary(out_dir, result["name"], s)]

@@ -48,10 +48,13 @@ from dynamics.figures.style import caption as style_caption
 from dynamics.report import LABELS
 
 __all__ = [
+    "draw_toy_curriculum_map",
     "draw_toy_first_order",
     "draw_toy_judges",
     "draw_toy_phase_diagram",
+    "draw_toy_poor_supervision",
     "draw_toy_recipes",
+    "draw_toy_scopes",
     "plot_category_bars",
 ]
 
@@ -216,14 +219,36 @@ def draw_toy_phase_diagram(result: dict, out_dir: str | Path) -> list[Path]:
 def draw_toy_recipes(result: dict, out_dir: str | Path) -> list[Path]:
     """What it would take: the self judge against the control per recipe (change of Gen accuracy,
     FP and FN rates; the win rate minus 50 with its denominator). (Example in the module docstring.)"""
+    return _self_vs_control(result, out_dir, result["summary"]["recipes"],
+                            "stronger generation training: self judge against the control",
+                            ("gen_acc", "und_fp_rate", "und_fn_rate", "win_rate"))
+
+
+@styled
+def draw_toy_scopes(result: dict, out_dir: str | Path) -> list[Path]:
+    """The trainable-parts ablation (:func:`dynamics.toy.ablations.toy_scopes`): the self judge against
+    the control per scope (change of Gen accuracy, FP rate and Non; the win rate minus 50 with its
+    denominator), the number of trained parameters under each label."""
+    s = result["summary"]
+    params = s.get("parameters", {})
+    labels = {lab: f"{lab}\n({params[lab] / 1e3:.0f}k params)" if params.get(lab) else lab
+              for lab in result["plot"]["labels"]}
+    return _self_vs_control(result, out_dir, s["scopes"], "trainable parts: self judge against the control",
+                            ("gen_acc", "und_fp_rate", "non_unification", "win_rate"), tick_labels=labels)
+
+
+_TITLES = {"gen_acc": "Gen accuracy, change", "und_fp_rate": "Und FP rate, change",
+           "und_fn_rate": "Und FN rate, change", "non_unification": "Non, change",
+           "win_rate": "Und win rate $-$ 50 (denominator)"}
+
+
+def _self_vs_control(result: dict, out_dir, results: dict, title: str, keys, tick_labels: dict | None = None):
+    """Bars of the self arm and the control per label (a recipe, a scope) for four keys."""
     s, labels = result["summary"], result["plot"]["labels"]
-    results = s["recipes"]
     fig, axes = panels(4, cols=2, height=2.2)
     w = 0.38
     look = arm_styles(["self", "all"])
-    for ax, k, title in zip(axes, ("gen_acc", "und_fp_rate", "und_fn_rate", "win_rate"),
-                            ("Gen accuracy, change", "Und FP rate, change", "Und FN rate, change",
-                             "Und win rate $-$ 50 (denominator)")):
+    for ax, k in zip(axes, keys):
         for i, arm in enumerate(("self", "all")):
             pos = "after" if k == "win_rate" else None
             stats = [results[lab][k][arm][1 if pos else 2] for lab in labels]
@@ -234,12 +259,28 @@ def draw_toy_recipes(result: dict, out_dir: str | Path) -> list[Path]:
             _bars(ax, xs, ys, es, [n for _, _, n in stats], w, look[arm], arm, dens)
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(range(len(labels)))
-        ax.set_xticklabels(labels)
+        ax.set_xticklabels([(tick_labels or {}).get(lab, lab) for lab in labels])
         ax.set_ylabel("points")
-        ax.set_title(title)
+        ax.set_title(_TITLES[k])
     legend_below(fig, axes)
-    fig.suptitle("stronger generation training: self judge against the control")
+    fig.suptitle(title)
     style_caption(fig, _caption(s, f"'all': the unfiltered control. Hatched win rates rest on fewer than {MIN_WIN_N} "
                                    "disagreements."))
     _smoke(fig, s)
     return finish(fig, out_dir, result)
+
+
+def draw_toy_poor_supervision(result: dict, out_dir: str | Path) -> list[Path]:
+    """The toy poor-supervision scan (:func:`dynamics.toy.ablations.toy_poor_supervision`), drawn as
+    the simulator's (:func:`dynamics.figures.poor_supervision.draw_poor_supervision`)."""
+    from dynamics.figures.poor_supervision import draw_poor_supervision
+
+    return draw_poor_supervision(result, out_dir)
+
+
+def draw_toy_curriculum_map(result: dict, out_dir: str | Path) -> list[Path]:
+    """The toy curriculum map (:func:`dynamics.toy.ablations.toy_curriculum_map`), drawn as the
+    simulator's (:func:`dynamics.figures.ablations.draw_curriculum_map`)."""
+    from dynamics.figures.ablations import draw_curriculum_map
+
+    return draw_curriculum_map(result, out_dir)

@@ -8,7 +8,7 @@ does not load the toy (transformers).
 Example::
 
     >>> sorted(n for n, f in FIGURES.items() if f.scale == "toy")
-    ['toy_first_order', 'toy_judges', 'toy_phase_diagram', 'toy_recipes']
+    ['toy_curriculum_map', 'toy_first_order', 'toy_judges', 'toy_phase_diagram', 'toy_poor_supervision', 'toy_recipes', 'toy_scopes']
     >>> FIGURES["phase_diagram"].draw.__name__
     'draw_phase_diagram'
 """
@@ -48,7 +48,8 @@ FIGURES: dict[str, Figure] = {
     for scale, names in (
         ("sim", ("training_curves", "co_improvement_vs_degradation", "corrupt_scan", "phase_diagram", "curriculum",
                  "fp_correction", "predicted_vs_measured", "eta_slope")),
-        ("toy", ("toy_judges", "toy_first_order", "toy_phase_diagram", "toy_recipes")),
+        ("toy", ("toy_judges", "toy_first_order", "toy_phase_diagram", "toy_recipes", "toy_poor_supervision",
+                 "toy_curriculum_map", "toy_scopes")),
     )
     for name in names
 }
@@ -63,6 +64,9 @@ QUICK_KW: dict[str, dict] = {
     "phase_diagram": {"judges": ("self", "corrupt:0.6"), "worlds": (0,)},
     "toy_phase_diagram": {"judges": ("self",)},
     "toy_first_order": {"lrs": (1e-3, 1e-2), "n_probes": 4},
+    "toy_poor_supervision": {"couplings": ("tied",), "lookalike_ps": (1.0,), "precisions": (0.5,)},
+    "toy_curriculum_map": {"ns": (1, 2), "replays": ("off", "late"), "losses": ("sft",)},
+    "toy_scopes": {"scopes": ("all", "trunk")},
 }
 
 

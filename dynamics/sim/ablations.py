@@ -40,10 +40,23 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from dynamics import metrics
-from dynamics.sim.study import Reference, SimSize, pretrained, replay_precision, run_arm
+from dynamics.sim.study import Reference, SimSize, pretrained, run_arm
 from dynamics.sim.world import TAGS, TIERS
-from dynamics.study.read import beyond, delta, final, last_epoch, per_unit, unit
-from dynamics.study.stats import one_sample, spearman
+from dynamics.study.curriculum import (
+    DPO_OVERRIDES,
+    EXACT_KEYS,
+    REPLAYS,
+    _compare,
+    _nan_to_none,
+    _spearman,
+    _t,
+    arm_label,
+    replay_spec,
+    replay_stats,
+)
+from dynamics.study.curriculum import summarise_curriculum as _summarise
+from dynamics.study.read import delta, final, last_epoch, per_unit, unit
+from dynamics.study.stats import one_sample
 
 __all__ = [
     "DPO_OVERRIDES",
@@ -66,35 +79,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-REPLAYS = ("off", "early", "late", "adaptive")
-# DPO with a per-token NLL term on the chosen sample, as in the training-curves figure
-# (dynamics.sim.experiments.training_curves)
-DPO_OVERRIDES = {"nll_weight": 0.1}
-EXACT_KEYS = ("exact_gen_acc", "exact_pre_fp_rate", "exact_non_unification")
-
-
-def replay_spec(name: str, epochs: int) -> str:
-    """The curriculum spec of a replay name: ``early`` replays at a fifth of training, ``late`` at
-    half of it (the paper's epochs 4 and 10 of 20; :func:`dynamics.sim.experiments.curriculum`'s
-    defaults), any other name is a :class:`~dynamics.clo.CLOConfig` curriculum spec as given.
-
-    >>> replay_spec("early", 20), replay_spec("late", 20), replay_spec("late", 1), replay_spec("epochs:3", 20)
-    ('epochs:4', 'epochs:10', 'epochs:1', 'epochs:3')
-    """
-    if name == "early":
-        return f"epochs:{max(1, epochs // 5)}"
-    if name == "late":
-        return f"epochs:{max(1, epochs // 2)}"
-    return name
-
-
-def arm_label(n: int, loss: str, replay: str) -> str:
-    """The label of one arm of the map, e.g. ``sft N=1 late``.
-
-    >>> arm_label(1, "sft", "late")
-    'sft N=1 late'
-    """
-    return f"{loss} N={n} {replay}"
 
 
 def groups_of(world) -> dict[str, list[int]]:
@@ -148,57 +132,6 @@ def exact_group_metrics(world, model, reference: Reference, *, threshold: float 
         for r, rec in enumerate(out):
             for k, v in vals.items():
                 rec[f"{k}@{name}"] = float(v[r])
-    return out
-
-
-def _nan_to_none(x: float) -> float | None:
-    return None if x is None or math.isnan(x) else float(x)
-
-
-def replay_stats(arm, groups: Mapping[str, Sequence[int]]) -> list[dict]:
-    """The replay bookkeeping of a finished arm, one dict per replica: ``pool_start`` (prompts
-    Algorithm 1 left in the discard pool), ``replay_precision`` (ground-truth precision of the
-    candidates replay moved into the training set, :func:`dynamics.sim.study.replay_precision`; None
-    where nothing was replayed), ``replay_precision_gap`` (that minus the first round's precision,
-    ``sft_precision`` at epoch 0), ``replay_rounds`` (epochs whose trigger fired; with an empty pool
-    it fires and moves nothing) and ``first_replay_epoch`` (None without a trigger); per group ``pool_start@<g>``, ``replayed_prompts@<g>``,
-    ``replay_precision@<g>``.
-
-    >>> w, m = pretrained(SimSize.tiny())
-    >>> arm = run_arm(w, m, SimSize.tiny().config(curriculum="epochs:1", candidates=1))
-    >>> s = replay_stats(arm, {"all": range(12)})[0]
-    >>> s["pool_start"] == s["pool_start@all"] >= s["replayed_prompts@all"]
-    True
-    """
-    d = arm.data
-    start_pool = d.pool | d.replayed  # replay only moves prompts out of the pool
-    first = {r["replica"]: r.get("sft_precision") for r in arm.records if int(r["epoch"]) == 0}
-    rounds: dict[int, list[int]] = {}
-    for r in arm.records:
-        if r.get("replay"):
-            rounds.setdefault(r["replica"], []).append(int(r["epoch"]))
-    overall = replay_precision(arm)
-    per_group = {}
-    for name, ids in groups.items():
-        mask = torch.zeros(d.pool.shape[1], dtype=torch.bool)
-        mask[torch.as_tensor(list(ids), dtype=torch.long)] = True
-        only = dataclasses.replace(arm, data=dataclasses.replace(d, replayed=d.replayed & mask))
-        per_group[name] = (mask, replay_precision(only))
-    out = []
-    for r in range(d.pool.shape[0]):
-        p0 = first.get(r)
-        rec = {
-            "pool_start": int(start_pool[r].sum()),
-            "replay_precision": _nan_to_none(overall[r]),
-            "replay_precision_gap": (None if math.isnan(overall[r]) or p0 is None else overall[r] - p0),
-            "replay_rounds": len(rounds.get(r, [])),
-            "first_replay_epoch": min(rounds[r]) if rounds.get(r) else None,
-        }
-        for name, (mask, prec) in per_group.items():
-            rec[f"pool_start@{name}"] = int((start_pool[r] & mask).sum())
-            rec[f"replayed_prompts@{name}"] = int((d.replayed[r] & mask).sum())
-            rec[f"replay_precision@{name}"] = _nan_to_none(prec[r])
-        out.append(rec)
     return out
 
 
@@ -269,99 +202,10 @@ def curriculum_runs(
 # --------------------------------------------------------------------------------------- reading
 
 
-def _t(est) -> tuple[float, float, int]:
-    return est.as_tuple()
-
-
-def _unit_gain(records, control, key) -> dict[tuple[int, int], float]:
-    """Per unit, the change of ``key`` beyond the control's (the numbers :func:`beyond` averages)."""
-    end = last_epoch(records)
-    a0, a1 = per_unit(records, key, 0), per_unit(records, key, end)
-    b0, b1 = per_unit(control, key, 0), per_unit(control, key, last_epoch(control))
-    return {u: (a1[u] - a0[u]) - (b1[u] - b0[u]) for u in sorted(set(a0) & set(a1) & set(b0) & set(b1))}
-
-
-def _spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
-    """Spearman's rho (:func:`dynamics.study.stats.spearman`), NaN with fewer than three points (two
-    points always give +-1) or a constant side."""
-    return math.nan if len(xs) < 3 else spearman(xs, ys)
-
-
-def _compare(records, off, keys) -> dict:
-    return {k: _t(beyond(records, off, k)) for k in keys}
-
-
 def summarise_curriculum(runs: Mapping[str, list[dict]], *, ns: Sequence[int], replays: Sequence[str],
                          losses: Sequence[str], tiers: Sequence[str] = TIERS) -> dict:
-    """The curriculum table from :func:`curriculum_runs`: one row per ``N`` x loss x replay with,
-    each ``(mean, s.e., units)``: ``pool`` (discard pool after Algorithm 1), ``recovered`` (prompts
-    replay moved out of it), ``replay_precision`` / ``first_precision`` / ``precision_gap`` (replayed
-    against first-round data), ``sft_size`` (training samples at the start and the end),
-    ``dpo_pairs``, ``replay_rounds``, the arm's own change of Gen and FP, ``vs_off`` (Gen, FP, Non
-    beyond the no-replay arm of the same ``N`` and loss), and the same per tier. ``why``: per unit,
-    the replayed precision (and its gap to the first round) against the Gen gain beyond no replay,
-    with Spearman's rho, over every arm that replayed something."""
-    rows, points = [], []
-    for n in ns:
-        for loss in losses:
-            off_label = arm_label(n, loss, "off")
-            for replay in replays:
-                label = arm_label(n, loss, replay)
-                if label not in runs:
-                    continue
-                recs = runs[label]
-                row = {
-                    "n": int(n), "loss": loss, "replay": replay, "label": label,
-                    "pool": _t(final(recs, "discard_size", epoch=0)),
-                    "recovered": _t(final(recs, "replayed_prompts")),
-                    "replay_precision": _t(final(recs, "replay_precision")),
-                    "first_precision": _t(final(recs, "sft_precision", epoch=0)),
-                    "precision_gap": _t(final(recs, "replay_precision_gap")),
-                    "final_precision": _t(final(recs, "sft_precision")),
-                    "sft_size_start": _t(final(recs, "sft_size", epoch=0)),
-                    "sft_size_end": _t(final(recs, "sft_size")),
-                    "replay_rounds": _t(final(recs, "replay_rounds")),
-                    "first_replay_epoch": _t(final(recs, "first_replay_epoch")),
-                    "change": {k: _t(delta(recs, k)) for k in ("exact_gen_acc", "exact_pre_fp_rate")},
-                }
-                if loss == "dpo":
-                    row["dpo_pairs_start"] = _t(final(recs, "dpo_pairs", epoch=0))
-                    row["dpo_pairs_end"] = _t(final(recs, "dpo_pairs"))
-                has_off = off_label in runs and replay != "off"
-                if has_off:
-                    row["vs_off"] = _compare(recs, runs[off_label], EXACT_KEYS)
-                row["tiers"] = {}
-                for tier in tiers:
-                    g = f"tier:{tier}"
-                    t = {
-                        "pool": _t(final(recs, f"pool_start@{g}")),
-                        "recovered": _t(final(recs, f"replayed_prompts@{g}")),
-                        "replay_precision": _t(final(recs, f"replay_precision@{g}")),
-                    }
-                    if has_off:
-                        t["vs_off"] = _compare(recs, runs[off_label], [f"{k}@{g}" for k in EXACT_KEYS[:2]])
-                    row["tiers"][tier] = t
-                rows.append(row)
-                if has_off:
-                    gain = _unit_gain(recs, runs[off_label], "exact_gen_acc")
-                    fp = _unit_gain(recs, runs[off_label], "exact_pre_fp_rate")
-                    end = last_epoch(recs)
-                    prec = per_unit(recs, "replay_precision", end)
-                    gap = per_unit(recs, "replay_precision_gap", end)
-                    moved = per_unit(recs, "replayed_prompts", end)
-                    for u in sorted(set(gain) & set(prec) & set(gap)):
-                        points.append({"label": label, "n": int(n), "loss": loss, "replay": replay,
-                                       "unit": list(u), "replay_precision": prec[u], "precision_gap": gap[u],
-                                       "recovered": moved.get(u), "gen_vs_off": gain[u], "fp_vs_off": fp.get(u)})
-    why = {
-        "points": points,
-        "rho_precision_gen": _spearman([p["replay_precision"] for p in points], [p["gen_vs_off"] for p in points]),
-        "rho_gap_gen": _spearman([p["precision_gap"] for p in points], [p["gen_vs_off"] for p in points]),
-        "rho_recovered_gen": _spearman([p["recovered"] for p in points], [p["gen_vs_off"] for p in points]),
-        "share_precision_below_first": (sum(p["precision_gap"] < 0 for p in points) / len(points)
-                                        if points else math.nan),
-    }
-    return {"rows": rows, "why": why}
+    """:func:`dynamics.study.curriculum.summarise_curriculum` on the simulator's exact metrics and tiers."""
+    return _summarise(runs, ns=ns, replays=replays, losses=losses, tiers=tiers, keys=EXACT_KEYS)
 
 
 def curriculum_map(

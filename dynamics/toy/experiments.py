@@ -54,10 +54,13 @@ __all__ = [
     "self_vs_control",
     "size_dict",
     "study",
+    "toy_curriculum_map",
     "toy_first_order",
     "toy_judges",
     "toy_phase_diagram",
+    "toy_poor_supervision",
     "toy_recipes",
+    "toy_scopes",
 ]
 
 # a smoke-test size: the tiny preset, no gap (check off), threshold 0 so every judge accepts something
@@ -189,3 +192,8 @@ def toy_recipes(size: ToySize, *, recipes: Sequence[tuple[str, dict]] = RECIPES)
         results[label]["win_rate_n"] = {a: change(arms[a], "win_rate_n")[1] for a in ("self", "all")}
     summary = {"size": size_dict(size), "recipes": results, "spec": {lab: over for lab, over in recipes}}
     return {"name": "fig_toy_recipes", "summary": summary, "plot": {"labels": [r[0] for r in recipes]}}
+
+
+# the ablations live in their own module; the figure registry (dynamics.runs.figures) finds every toy
+# experiment here
+from dynamics.toy.ablations import toy_curriculum_map, toy_poor_supervision, toy_scopes

@@ -48,9 +48,14 @@ from transformers import LlamaConfig, LlamaModel
 from dynamics.protocol import check_images
 from dynamics.toy.world import SceneWorld, WorldConfig
 
-__all__ = ["NETWORK_COUPLINGS", "ToyConfig", "ToyModel"]
+__all__ = ["NETWORK_COUPLINGS", "SCOPES", "ToyConfig", "ToyModel"]
 
 NETWORK_COUPLINGS = ("decoupled", "trunk", "tied")
+# The trainable parts of a generation-only update (the paper's trainable-parts ablation), each a subset of the
+# coupling's generation parameters: ``all`` of them; ``trunk``: the transformer layers and the final norm;
+# ``trunk+heads``: those and the image-logit head (in the tied coupling the head is the token-embedding table);
+# ``embeddings``: the input side, token embeddings (the tied head with them), cell positions, image embeddings.
+SCOPES = ("all", "trunk", "trunk+heads", "embeddings")
 
 
 @dataclass(frozen=True)
@@ -200,6 +205,7 @@ class ToyModel(nn.Module):
         self.image_length = self.world.cells
         V, C, M, H = self.vocab.size, self.world.n_codes, self.world.cells, config.hidden
         self.coupling = config.coupling
+        self.scope = "all"  # the trainable parts of generation_parameters (set_scope)
         self.separate_images = config.coupling != "tied"  # separate image paths for reading and writing
         llama = LlamaConfig(
             vocab_size=self.vocab.text_size if self.separate_images else V,
@@ -255,9 +261,34 @@ class ToyModel(nn.Module):
     def generation_parameters(self) -> list[nn.Parameter]:
         """The parameters a generation-only update may change: the generation trunk (with word
         embeddings; in the ``tied`` coupling the whole model) plus, in the ``trunk`` and ``decoupled``
-        couplings, the generation image embeddings and head."""
+        couplings, the generation image embeddings and head; restricted to the parts of :attr:`scope`
+        (:meth:`set_scope`)."""
         g = self.parameter_groups()
-        return g["shared"] + g["generation"]
+        params = g["shared"] + g["generation"]
+        if self.scope == "all":
+            return params
+        names = {id(p): n for n, p in self.named_parameters()}
+        return [p for p in params if self._in_scope(names[id(p)])]
+
+    def _in_scope(self, name: str) -> bool:
+        trunk = name.startswith(("trunk.layers.", "trunk.norm."))
+        embed = name in ("trunk.embed_tokens.weight", "cell_pos", "gen_image_embed", "gen_cell_pos")
+        head = name == ("gen_head" if self.separate_images else "trunk.embed_tokens.weight")
+        return {"trunk": trunk, "trunk+heads": trunk or head, "embeddings": embed}[self.scope]
+
+    def set_scope(self, scope: str) -> ToyModel:
+        """Train only the parts ``scope`` of :data:`SCOPES` of the generation parameters from now on
+        (the model itself is unchanged); returns the model.
+
+        >>> m = ToyModel(ToyConfig.preset("tiny"))
+        >>> n = {s: sum(p.numel() for p in m.set_scope(s).generation_parameters()) for s in SCOPES}
+        >>> n["trunk"] + n["embeddings"] == n["all"], n["trunk"] < n["trunk+heads"]
+        (True, True)
+        """
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = scope
+        return self
 
     def named_generation_parameters(self) -> dict[str, torch.Tensor]:
         """``name -> parameter`` of :meth:`generation_parameters` (for :mod:`dynamics.kernels`)."""

@@ -102,6 +102,7 @@ class ToySize:
     clo: CLOConfig = field(default_factory=lambda: dataclasses.replace(TOY_CLO, progress=False))
     cache_dir: str | None = field(default_factory=default_cache_dir)
     train_on: str = "all"
+    scope: str = "all"  # the trainable parts of CLO (dynamics.toy.model.SCOPES); pre-training trains everything
 
     @classmethod
     def tiny(cls, **kw) -> ToySize:
@@ -144,13 +145,13 @@ def pretrained_model(size: ToySize, seed: int, *, coupling: str = "tied", check:
     tied network's generator read through the Bayes link, a calibrated
     :class:`~dynamics.toy.bayes.BayesLinked`); with ``check`` stop unless it has the internal gap
     (:func:`dynamics.toy.pretrain.check_gap`, own verdicts at the CLO ``threshold``; the report is kept
-    as ``model.gap``). ``perturbation``: pre-trained from initial weights moved by that relative amount
+    as ``model.gap``). CLO trains the parts ``size.scope`` of its generation parameters. ``perturbation``: pre-trained from initial weights moved by that relative amount
     (:func:`dynamics.toy.pretrain.pretrain`)."""
     from dynamics.toy.pretrain import check_gap, pretrain
 
     model = pretrain(size.config(coupling, world), steps=size.pretrain_steps, seed=seed, cache_dir=size.cache_dir,
                      progress=progress, perturbation=perturbation)
-    model.eval()
+    model.eval().set_scope(size.scope)
     if coupling == "bayes":
         from dynamics.toy.bayes import BayesLinked
 

@@ -1,0 +1,253 @@
+"""Poor supervision, curriculum replay and the trainable-parts ablation at the toy scale (numbers only;
+figures draw them: :mod:`dynamics.figures.poor_supervision`, :mod:`dynamics.figures.ablations`).
+
+The simulator's experiments (:mod:`dynamics.sim.poor_supervision`, :mod:`dynamics.sim.ablations`)
+again on the toy world, where understanding is a trained answer of a multi-token transformer and
+every metric is the loop's own, sampled and judged by the exact detector:
+
+- :func:`toy_poor_supervision`: ``lookalike:p`` (the exact detector that also accepts each near miss
+  of the prompt, from the scene grammar: :meth:`dynamics.toy.world.SceneWorld.near_miss_batch`) and
+  ``pr:precision,recall`` (errors near misses first) against the unfiltered control, per coupling,
+  with the realised precision and recall of each training set, the share of its errors that are near
+  misses and the co-degradation alarm in every arm (:mod:`dynamics.study.supervision`);
+- :func:`toy_curriculum_map`: ``N`` x replay x loss (C-SFT, C-DPO), per difficulty tier
+  (:mod:`dynamics.study.curriculum`);
+- :func:`toy_scopes`: the self judge against the unfiltered control when CLO trains only some parts
+  of the generation parameters (:data:`dynamics.toy.model.SCOPES`).
+
+Every arm of a unit ``(world, seed)`` runs from that unit's pre-trained model with the same CLO seed
+(:func:`dynamics.study.run_arms`); units whose model lacks the internal gap are left out and listed.
+
+Example (the tiny preset, no gap check at this size)::
+
+    >>> from dynamics.toy.experiments import QUICK
+    >>> out = toy_poor_supervision(QUICK, couplings=("tied",), lookalike_ps=(1.0,), precisions=(0.5,), recall=0.5)
+    >>> sorted(out["summary"]["rows"]["tied"])
+    ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.5', 'self']
+    >>> sorted(toy_scopes(QUICK, scopes=("all", "trunk"))["summary"]["scopes"])
+    ['all', 'trunk']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from dynamics.clo import CLOConfig
+from dynamics.study import run_arms
+from dynamics.study.curriculum import (
+    DPO_OVERRIDES,
+    LOOP_KEYS,
+    REPLAYS,
+    arm_label,
+    replay_spec,
+    replay_stats,
+    summarise_curriculum,
+)
+from dynamics.study.phase import PHASE_FP_MARGIN
+from dynamics.study.read import change, paired_difference
+from dynamics.study.supervision import CONTROLS, alarm_recorder, near_miss_share, read_scan
+from dynamics.study.supervision import LOOP_KEYS as SCAN_KEYS
+from dynamics.toy.model import SCOPES
+from dynamics.toy.study import ToySize, _train_ids, pretrained_model
+from dynamics.toy.world import TIERS
+
+__all__ = ["TOY_LOOKALIKE_PS", "TOY_PR_PRECISIONS", "TOY_PR_RECALL", "toy_curriculum_map", "toy_curriculum_runs",
+           "toy_poor_supervision", "toy_scopes", "unit_arms"]
+
+log = logging.getLogger(__name__)
+
+TOY_LOOKALIKE_PS = (0.5, 1.0)
+TOY_PR_PRECISIONS = (0.9, 0.5, 0.3)
+TOY_PR_RECALL = 0.3  # the simulator scan's fixed recall
+ALARM_TOLERANCE = 0.01  # the entry points' default (--alarm-tolerance)
+
+
+def _quick(size: ToySize) -> bool:
+    return size.preset == "tiny"  # a tiny model has no gap: no check
+
+
+def unit_arms(size: ToySize, configs_for: Callable[[CLOConfig], dict[str, CLOConfig]], *, coupling: str = "tied",
+              on_epoch_for: Callable | None = None, excluded: list | None = None,
+              after: Callable | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
+    """For every unit ``(world, seed)`` of ``size`` whose pre-trained model (``coupling``) passes the
+    gap check (the others are logged and appended to ``excluded``): the arms ``configs_for(cfg)``
+    ``{label: config}`` (``cfg``: the size's recipe with the unit's seed) run from that model
+    (:func:`dynamics.study.run_arms`, records tagged with ``world``); ``after(model, arms)`` may add
+    to the records before they are yielded as ``((world, seed), {label: Arm})``."""
+    from dynamics.toy.pretrain import GapError
+
+    torch.set_num_threads(1)  # measured fastest for a model this small
+    for w, s in size.units():
+        try:
+            model = pretrained_model(size, s, coupling=coupling, check=not _quick(size), world=w,
+                                     threshold=size.clo.threshold)
+        except GapError as e:
+            log.warning("unit (world %d, seed %d) left out: %s", w, s, e)
+            if excluded is not None:
+                excluded.append({"world": w, "seed": s, "reason": str(e)})
+            continue
+        cfg = dataclasses.replace(size.clo, seed=s)
+        arms = run_arms(model, configs_for(cfg), external=model.world.external_judge(),
+                        train_ids=_train_ids(model, size.train_on), on_epoch_for=on_epoch_for, tags={"world": w})
+        if after is not None:
+            after(model, arms)
+        yield (w, s), arms
+
+
+def _records(arms_by_unit, labels: Sequence[str]) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {j: [] for j in labels}
+    for _unit, arms in arms_by_unit:
+        for j in labels:
+            out[j] += arms[j].records
+    return out
+
+
+def _size_dict(size: ToySize) -> dict:
+    from dynamics.toy.experiments import size_dict
+
+    return size_dict(size)
+
+
+# --------------------------------------------------------------------------------------- poor supervision
+
+
+def toy_poor_supervision(size: ToySize, *, couplings: Sequence[str] = ("tied", "bayes"),
+                         lookalike_ps: Sequence[float] = TOY_LOOKALIKE_PS,
+                         precisions: Sequence[float] = TOY_PR_PRECISIONS, recall: float = TOY_PR_RECALL,
+                         alpha: float = 0.05, alarm_tolerance: float = ALARM_TOLERANCE) -> dict:
+    """The poor-supervision scan at the toy scale (the simulator's
+    :func:`dynamics.sim.poor_supervision.poor_supervision_scan`, read the same way by
+    :func:`dynamics.study.supervision.read_scan` on the loop's sampled metrics): per coupling, the
+    judges ``lookalike:p`` and ``pr:q,recall`` with the controls ``all``, ``self``, ``oracle``, each
+    read against ``all`` (phase at ``alpha``: few units, so 0.05 by default; Gen, the false positives,
+    Non and the win rate beyond the control), with its realised precision, recall and near-miss share
+    and the alarm's false-alarm and miss rates. Returns ``{"name": "fig_toy_poor_supervision",
+    "summary", "plot"}`` in the shape :func:`dynamics.figures.poor_supervision.draw_poor_supervision`
+    draws; ``summary["excluded"]`` lists the units without the gap, per coupling."""
+    from dynamics.sim.poor_supervision import scan_judges
+
+    if not 0.0 < recall <= 1.0:
+        raise ValueError(f"toy_poor_supervision: recall={recall} must lie in (0, 1]")
+    judges = scan_judges(lookalike_ps, precisions, recall)
+    labels = ["all", *CONTROLS, *judges]
+    for j in labels:
+        dataclasses.replace(size.clo, judge=j).validate()  # a bad p, precision or recall before any training
+    rows, alarm, excluded, units = {}, {}, {}, {}
+
+    def near(model, arms):
+        for arm in arms.values():
+            share = near_miss_share(arm.data, model.world.external_judge())
+            for rec in arm.records:
+                rec["sft_near_miss_share"] = share[int(rec.get("replica", 0))]
+
+    for c in couplings:
+        excluded[c] = []
+        by_unit = list(unit_arms(size, lambda cfg: {j: dataclasses.replace(cfg, judge=j) for j in labels},
+                                 coupling=c, excluded=excluded[c], after=near,
+                                 on_epoch_for=lambda _label, _cfg: alarm_recorder(alarm_tolerance)))
+        units[c] = [list(u) for u, _ in by_unit]
+        if len(by_unit) < 2:
+            log.warning("coupling %s: fewer than two units with the gap, no row", c)
+            continue
+        rows[c], alarm[c] = read_scan(_records(by_unit, labels), judges, keys=SCAN_KEYS, alpha=alpha)
+    summary = {"size": _size_dict(size), "units": units, "couplings": list(couplings), "alpha": alpha,
+               "fp_margin": PHASE_FP_MARGIN, "control": "all", "alarm_tolerance": alarm_tolerance,
+               "lookalike_ps": list(lookalike_ps), "precisions": list(precisions), "recall": recall,
+               "rows": rows, "alarm": alarm, "keys": SCAN_KEYS.to_dict(),
+               "excluded": {c: e for c, e in excluded.items() if e}}
+    plot = {"couplings": [c for c in couplings if c in rows], "judges": [*CONTROLS, *judges], "scale": "toy world",
+            "keys": SCAN_KEYS.to_dict()}
+    return {"name": "fig_toy_poor_supervision", "summary": summary, "plot": plot}
+
+
+# --------------------------------------------------------------------------------------- curriculum
+
+
+def toy_curriculum_runs(size: ToySize, *, ns: Sequence[int] = (1, 2, 4, 8, 10), replays: Sequence[str] = REPLAYS,
+                        losses: Sequence[str] = ("sft", "dpo"), judge: str = "self", coupling: str = "tied",
+                        excluded: list | None = None) -> dict[str, list[dict]]:
+    """The arms of the toy curriculum map: ``{arm_label(n, loss, replay): records of every unit}``
+    (replay names through :func:`dynamics.study.curriculum.replay_spec` over the recipe's epochs; DPO
+    with :data:`dynamics.study.curriculum.DPO_OVERRIDES`, and without ``N = 1``). The last epoch's
+    records carry the replay bookkeeping per tier (:func:`dynamics.study.curriculum.replay_stats`)."""
+
+    def configs(cfg: CLOConfig) -> dict[str, CLOConfig]:
+        out = {}
+        for n in ns:
+            for loss in losses:
+                if loss == "dpo" and n < 2:
+                    continue
+                for replay in replays:
+                    out[arm_label(n, loss, replay)] = dataclasses.replace(
+                        cfg, judge=judge, candidates=int(n), loss=loss, curriculum=replay_spec(replay, cfg.epochs),
+                        **(DPO_OVERRIDES if loss == "dpo" else {}))
+        return out
+
+    def bookkeeping(model, arms):
+        tiers = {k: v for k, v in model.prompts.groups().items() if k.startswith("tier:")}
+        for arm in arms.values():
+            stats = replay_stats(arm, tiers)
+            end = max(int(r["epoch"]) for r in arm.records)
+            for rec in arm.records:
+                if int(rec["epoch"]) == end:
+                    rec.update(stats[int(rec.get("replica", 0))])
+
+    out: dict[str, list[dict]] = {}
+    for _unit, arms in unit_arms(size, configs, coupling=coupling, excluded=excluded, after=bookkeeping):
+        for label, arm in arms.items():
+            out.setdefault(label, []).extend(arm.records)
+    return out
+
+
+def toy_curriculum_map(size: ToySize, ns: Sequence[int] = (1, 2, 4, 8, 10), replays: Sequence[str] = REPLAYS,
+                       losses: Sequence[str] = ("sft", "dpo"), *, judge: str = "self", coupling: str = "tied") -> dict:
+    """Curriculum replay where it can matter, at the toy scale: :func:`toy_curriculum_runs` summarised
+    by :func:`dynamics.study.curriculum.summarise_curriculum` on the loop's metrics (``summary["rows"]``
+    and ``summary["why"]``), in the shape :func:`dynamics.figures.ablations.draw_curriculum_map` draws."""
+    excluded: list = []
+    runs = toy_curriculum_runs(size, ns=ns, replays=replays, losses=losses, judge=judge, coupling=coupling,
+                               excluded=excluded)
+    epochs = size.clo.epochs
+    summary = {
+        "size": _size_dict(size), "units": [list(u) for u in size.units()], "excluded": excluded,
+        "judge": judge, "coupling": coupling, "ns": [int(n) for n in ns], "losses": list(losses),
+        "replays": {r: replay_spec(r, epochs) for r in replays},
+        "skipped": [{"n": int(n), "loss": "dpo", "why": "DPO needs two candidates to form a pair"}
+                    for n in ns if n < 2 and "dpo" in losses],
+        "keys": list(LOOP_KEYS),
+        **summarise_curriculum(runs, ns=ns, replays=replays, losses=losses, tiers=sorted(set(TIERS.values())),
+                               keys=LOOP_KEYS),
+    }
+    return {"name": "fig_toy_curriculum_map", "summary": summary, "plot": {"scale": "toy world"}}
+
+
+# --------------------------------------------------------------------------------------- trainable parts
+
+
+def toy_scopes(size: ToySize, *, scopes: Sequence[str] = SCOPES, coupling: str = "tied",
+               keys: Sequence[str] = ("gen_acc", "und_fp_rate", "non_unification", "win_rate")) -> dict:
+    """The trainable-parts ablation: for each scope of :data:`dynamics.toy.model.SCOPES` (what CLO may
+    change: every generation parameter, the transformer layers, the layers and the image-logit head,
+    the embeddings), the self judge against the unfiltered control from the same pre-trained model:
+    per key, the self arm's change beyond the control's (paired by unit) and each arm's own change,
+    ``(mean, s.e., units)``, with the number of trained parameters."""
+    results, params = {}, {}
+    for scope in scopes:
+        sz = dataclasses.replace(size, scope=scope)
+        counted: dict = {}
+
+        def count(model, _arms, counted=counted):
+            counted["n"] = sum(p.numel() for p in model.generation_parameters())
+
+        arms = _records(unit_arms(sz, lambda cfg: {j: dataclasses.replace(cfg, judge=j) for j in ("self", "all")},
+                                  coupling=coupling, after=count), ("self", "all"))
+        params[scope] = counted.get("n")
+        results[scope] = {k: {"vs_control": paired_difference(arms["self"], arms["all"], k),
+                              "self": change(arms["self"], k), "all": change(arms["all"], k)} for k in keys}
+        results[scope]["win_rate_n"] = {a: change(arms[a], "win_rate_n")[1] for a in ("self", "all")}
+    summary = {"size": _size_dict(size), "coupling": coupling, "scopes": results, "parameters": params}
+    return {"name": "fig_toy_scopes", "summary": summary, "plot": {"labels": list(scopes)}}
