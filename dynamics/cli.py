@@ -35,7 +35,7 @@ from pathlib import Path
 from dynamics.clo import CLOConfig
 
 __all__ = ["CLO_HELP", "COSMETIC", "RANGES", "Range", "add_alarm_flag", "alarm_hook", "check_device", "check_value",
-           "clo_config", "clo_parser", "content_hash", "given_flags", "parse_args", "run_identity"]
+           "check_weak_judge", "clo_config", "clo_parser", "content_hash", "given_flags", "parse_args", "run_identity"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ RANGES: dict[str, Range] = {
     "candidates": Range(1), "threshold": Range(0, 1), "beta": Range(0, lo_open=True), "nll_weight": Range(0),
     "epochs": Range(0), "lr": Range(0), "weight_decay": Range(0), "batch_size": Range(1), "grad_clip": Range(0),
     "adaptive_probe": Range(1), "eval_candidates": Range(1), "eval_every": Range(1), "chunk_size": Range(1),
-    "seed": Range(0), "alarm_tolerance": Range(0, 1),
+    "seed": Range(0), "alarm_tolerance": Range(0, 1), "weak_pretrain_steps": Range(1),
     # simulator
     "prompts": Range(2), "tokens": Range(2), "seeds": Range(1), "world_seed": Range(0), "gap": Range(0, 1),
     "pretrain_steps": Range(1), "track_every": Range(0), "probes": Range(1),
@@ -161,7 +161,9 @@ CLO_HELP = {
              "verdicts inverted with prob. p) | corrupt:<p> (self judge, verdicts inverted with prob. p: poor "
              "supervision) | lookalike:<p> (external judge that also accepts each near miss of the prompt, all "
              "attributes right but one, with prob. p) | pr:<precision>,<recall> (an external judge with that set "
-             "precision and recall on the candidate pool, errors drawn from near misses first)",
+             "precision and recall on the candidate pool, errors drawn from near misses first) | weak (the "
+             "understanding of a weaker checkpoint of the same model, pre-trained for --weak-pretrain-steps; the "
+             "external judge stays the ground truth of the audit and the evaluation)",
     "loss": "generation objective: sft | dpo",
     "beta": "DPO temperature beta",
     "dpo_variant": "DPO loss variant: sigmoid | ipo | hinge | robust | conservative",
@@ -187,7 +189,8 @@ CLO_HELP = {
 
 def clo_parser(description: str, defaults: CLOConfig | None = None, **kw) -> argparse.ArgumentParser:
     """An argparse parser with one flag per CLOConfig field, plus --config, --out, --resume,
-    --no-progress. ``defaults`` sets the scale's defaults (shown by --help)."""
+    --no-progress and --weak-pretrain-steps (the ``weak`` judge's checkpoint: :func:`check_weak_judge`).
+    ``defaults`` sets the scale's defaults (shown by --help)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 **kw)
     p.add_argument("--config", type=Path, default=None,
@@ -208,7 +211,44 @@ def clo_parser(description: str, defaults: CLOConfig | None = None, **kw) -> arg
                            help=CLO_HELP[f.name])
         else:
             g.add_argument(flag, dest=f.name, type=type(default), default=default, help=CLO_HELP[f.name])
+    g.add_argument("--weak-pretrain-steps", type=int, default=None,
+                   help="--judge weak: pre-training steps of the weaker checkpoint that judges (the same model, "
+                        "world and seed pre-trained for fewer steps; fewer than the run's). Default: a share of the "
+                        "run's pre-training steps, 1/15 in the simulator (dynamics.sim.study.WEAK_FRACTION) and "
+                        "5/8 in the toy world (dynamics.toy.study.WEAK_FRACTION), each measured to give a judge "
+                        "weaker than the model's own understanding. Given without --judge weak it is refused")
     return p
+
+
+def check_weak_judge(parser: argparse.ArgumentParser, args: argparse.Namespace, pretrain_steps: int | None, *,
+                     unsupported: str | None = None) -> int | None:
+    """Check ``--judge weak`` and ``--weak-pretrain-steps`` before any work (usage errors, exit 2) and
+    return the weak judge's pre-training steps as given (None: the scale's default; also None without
+    the weak judge). ``pretrain_steps``: the run's own pre-training steps (the weak judge needs fewer);
+    ``unsupported``: why this scale has no weak judge (then ``--judge weak`` is refused with it).
+
+    >>> p = clo_parser("demo")
+    >>> check_weak_judge(p, parse_args(p, ["--judge", "weak", "--weak-pretrain-steps", "20"]), 300)
+    20
+    """
+    from dynamics.judges import parse_judge
+
+    steps = getattr(args, "weak_pretrain_steps", None)
+    try:
+        weak = parse_judge(args.judge).needs_judge_model
+    except ValueError:  # a bad spec is the config check's error
+        return None
+    if weak and unsupported:
+        parser.error(f"--judge weak: {unsupported}")
+    if steps is None:
+        return None
+    if not weak:
+        parser.error(f"--weak-pretrain-steps {steps}: only the weak judge (--judge weak) reads it, the judge is "
+                     f"{args.judge!r}; remove it")
+    if pretrain_steps is not None and not steps < pretrain_steps:
+        parser.error(f"--weak-pretrain-steps {steps}: must be fewer than the run's pre-training steps "
+                     f"({pretrain_steps}): the weak judge is the model with less understanding pre-training")
+    return steps
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -80,7 +80,7 @@ class CLOConfig:
 
     candidates: int = 8  # N images per prompt (paper: 10)
     threshold: float = 0.5  # accept when the judge's score (P(yes) for the self judge) >= threshold
-    judge: str = "self"  # self | oracle | external | all | noisy:<p> | corrupt:<p> | lookalike:<p> | pr:<prec>,<rec>
+    judge: str = "self"  # self | oracle | all | noisy:<p> | corrupt:<p> | lookalike:<p> | pr:<prec>,<rec> | weak
     loss: str = "sft"  # sft | dpo
     beta: float = 0.1  # DPO temperature
     dpo_variant: str = "sigmoid"  # sigmoid | ipo | hinge | robust | conservative
@@ -301,11 +301,13 @@ def _derive(seed: int, *tags: int) -> int:
 
 
 def build_data(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *, external: ExternalJudge | None,
-               seeds: list[int], candidates: dict | None = None) -> CLOData:
+               seeds: list[int], candidates: dict | None = None, judge_model: UnifiedModel | None = None) -> CLOData:
     """Algorithm 1: N candidates per prompt, judged; the SFT set, the discard pool and DPO pairs.
     ``seeds``: one per replica. ``candidates``: the sampled candidates with the model's own and the
     external verdicts (:func:`sample_candidates` with the same model, settings and seeds), when they
-    were drawn already: only the data judge's scoring is done here then."""
+    were drawn already: only the data judge's scoring is done here then. ``judge_model``: the judge
+    slot of the ``weak`` judge (see :func:`run_clo`); its ``P(yes)`` is taken here, never cached with
+    the candidates."""
     judge = parse_judge(cfg.judge)
     use_external = external is not None and (judge.needs_external or cfg.audit)
     if candidates is not None:  # copies: training and replay change the data state in place
@@ -318,12 +320,15 @@ def build_data(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Tensor, *,
     # the data judge scores chunk by chunk with the chunk's own seeds (as sampling did), so a run is the
     # same whether or not its candidates were drawn before
     near = near_misses(external, prompt_ids, got["images"]) if judge.needs_near_miss else None
+    judge_yes = (_judge_model_yes(judge_model, cfg, prompt_ids, got["images"], seeds) if judge.needs_judge_model
+                 else None)
     parts = []
     for start in range(0, len(prompt_ids), cfg.chunk_size):
         sl = slice(start, start + cfg.chunk_size)
         gens = _generators([_derive(x, start) + 1 for x in seeds])
         parts.append(judge.score(got["p_yes"][:, sl], None if ext is None else ext[:, sl], threshold=cfg.threshold,
-                                 generator=gens, near_miss=None if near is None else near[:, sl]))
+                                 generator=gens, near_miss=None if near is None else near[:, sl],
+                                 judge_yes=None if judge_yes is None else judge_yes[:, sl]))
     score = torch.cat(parts, dim=1)
     accepted = _metrics.accepts(score, cfg.threshold)
     data = CLOData(
@@ -354,6 +359,22 @@ def sample_candidates(model: UnifiedModel, cfg: CLOConfig, prompt_ids: torch.Ten
         return out
 
     return _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "sampling + judging", cfg.progress)
+
+
+def _judge_model_yes(judge_model, cfg: CLOConfig, prompt_ids: torch.Tensor, images: torch.Tensor,
+                     seeds: list[int]) -> torch.Tensor:
+    """The judge model's ``P(yes)`` ``(R, P, N)`` (float64) on the candidates ``images``: the data judge
+    ``weak``, chunk by chunk (sharded across ranks) like sampling, without gradients."""
+    if judge_model is None:
+        raise ValueError(f"judge {cfg.judge!r} needs a judge model (judge_model=...), and none was given")
+    device = _device(judge_model)
+
+    def one(ids, _s, start):
+        with torch.no_grad():
+            yes = judge_model.judge(ids, images[:, start : start + len(ids)].to(device))
+        return {"yes": yes.to(torch.float64)}
+
+    return _map_prompts(one, prompt_ids, cfg.chunk_size, seeds, "judging (judge model)", cfg.progress)["yes"]
 
 
 def _make_pairs(model, cfg, data: CLOData, rows: torch.Tensor) -> None:
@@ -403,15 +424,17 @@ def _device(model) -> torch.device:
 # Algorithm 2: curriculum replay
 
 
-def replay(model: UnifiedModel, cfg: CLOConfig, data: CLOData, *, external, seeds: list[int]) -> dict:
-    """Regenerate and re-judge the discard pool with the current model; move accepted candidates
-    into the training set and their prompts out of the pool. Returns counts per replica."""
+def replay(model: UnifiedModel, cfg: CLOConfig, data: CLOData, *, external, seeds: list[int],
+           judge_model: UnifiedModel | None = None) -> dict:
+    """Regenerate and re-judge the discard pool with the current model (judged by the data judge:
+    ``judge_model`` for ``weak``); move accepted candidates into the training set and their prompts out
+    of the pool. Returns counts per replica."""
     cols = data.pool.any(0).nonzero().flatten()
     R = data.pool.shape[0]
     if len(cols) == 0:
         return {"replay_prompts": torch.zeros(R, dtype=torch.long), "replay_moved": torch.zeros(R, dtype=torch.long)}
     fresh = build_data(model, dataclasses.replace(cfg, loss="sft"), data.prompt_ids[cols], external=external,
-                       seeds=seeds)
+                       seeds=seeds, judge_model=judge_model)
     in_pool = data.pool[:, cols]  # (R, c)
     moved = in_pool & fresh.accepted.any(-1)
     for name in ("images", "p_yes", "score", "accepted", "external_yes"):
@@ -429,7 +452,7 @@ def replay(model: UnifiedModel, cfg: CLOConfig, data: CLOData, *, external, seed
     return {"replay_prompts": in_pool.sum(1), "replay_moved": moved.sum(1)}
 
 
-def _adaptive_trigger(model, cfg, data, level, *, external, seeds) -> tuple[bool, float]:
+def _adaptive_trigger(model, cfg, data, level, *, external, seeds, judge_model=None) -> tuple[bool, float]:
     """Probe up to ``adaptive_probe`` discard-pool prompts with the current model: trigger replay
     when the share of probed prompts that now get at least one accepted candidate reaches ``level``."""
     cols = data.pool.any(0).nonzero().flatten()
@@ -438,7 +461,7 @@ def _adaptive_trigger(model, cfg, data, level, *, external, seeds) -> tuple[bool
     g = torch.Generator().manual_seed(seeds[0])
     cols = cols[torch.randperm(len(cols), generator=g)[: cfg.adaptive_probe]]
     probe = build_data(model, dataclasses.replace(cfg, loss="sft", progress=False), data.prompt_ids[cols],
-                       external=external, seeds=[x + 1 for x in seeds])
+                       external=external, seeds=[x + 1 for x in seeds], judge_model=judge_model)
     in_pool = data.pool[:, cols]
     hit = (probe.accepted.any(-1) & in_pool).sum().item() / max(1, in_pool.sum().item())
     return hit >= level, hit
@@ -604,6 +627,7 @@ def run_clo(
     run_info: dict | None = None,
     on_epoch: Callable[[int, list[dict]], None] | None = None,
     shared_start: dict | None = None,
+    judge_model: UnifiedModel | None = None,
 ) -> CLOResult:
     """Run CLO: Algorithm 1 once with the pre-trained model, ``cfg.epochs`` epochs of
     generation-only training, curriculum replay (Algorithm 2) as configured, and an evaluation
@@ -621,11 +645,20 @@ def run_clo(
     external verdicts, the epoch-0 evaluation) depends only on the weights, the seed and the sampling
     settings, not on the data judge, loss or recipe; the first run stores it there and the others
     reuse it, with the same records as if each had drawn it (tested).
+
+    ``judge_model``: the judge slot, the data judge of ``cfg.judge="weak"`` (ignored by other judges): a
+    unified model of the same world with the same replicas (e.g. a weaker checkpoint, less understanding
+    pre-training) whose ``.judge(prompt_ids, images)`` ``P(yes)`` ``(R, B, K)`` judges the candidates of
+    Algorithm 1, of curriculum replay and of the adaptive trigger. The model's own ``p_yes`` stays its
+    own, and ``external`` stays the ground truth of the audit (``sft_precision``, ``sft_recall``) and of
+    the evaluation. Its verdicts are not part of ``shared_start``.
     """
     cfg.validate()
     judge = parse_judge(cfg.judge)
     if judge.needs_external and external is None:
         raise ValueError(f"judge {cfg.judge!r} needs an external judge, and none was given")
+    if judge.needs_judge_model:
+        _check_judge_model(model, judge_model, cfg.judge)
     if cfg.grad_clip and model.replicas > 1:
         raise ValueError("grad_clip couples replicas through the global norm; use it with one replica")
     n_prompts = len(model.prompts)
@@ -673,7 +706,7 @@ def run_clo(
                           if shared_start is not None else None)
             per0 = None
         data = build_data(model, cfg, train_ids, external=external, seeds=replica_seeds(cfg, R, 2),
-                          candidates=candidates)
+                          candidates=candidates, judge_model=judge_model)
         _check_training_set(cfg, data)
         if per0 is None:
             per0 = _evaluate_now(model, cfg, eval_set, external, groups)
@@ -765,7 +798,7 @@ def run_clo(
                                              f"stopped, " + _last_good(run, epoch))
             extra = {"train_loss": sum(losses_) / max(1, len(losses_)), "grad_norm": max(norms, default=0.0),
                      "steps": len(batches)}
-            rep = _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external)
+            rep = _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external, judge_model)
             extra.update(rep)
             evaluated = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
             records = (_epoch_records(model, cfg, eval_set, data, external, groups, epoch=epoch, extra=extra)
@@ -786,6 +819,22 @@ def run_clo(
         if module is not None:
             module.eval()
     return CLOResult(metrics=metrics, data=data, eval_set=eval_set, theory=theory)
+
+
+def _check_judge_model(model, judge_model, spec: str) -> None:
+    """Refuse a missing judge model or one of another world (prompt count) or replica count."""
+    if judge_model is None:
+        raise ValueError(f"judge {spec!r} needs a judge model (run_clo(..., judge_model=...): a unified model of the "
+                         f"same world whose .judge gives the data judge's P(yes)), and none was given")
+    if not callable(getattr(judge_model, "judge", None)):
+        raise TypeError(f"judge {spec!r}: the judge model ({type(judge_model).__name__}) has no judge(prompt_ids, "
+                        f"images) method")
+    for what, a, b in (("replicas", model.replicas, getattr(judge_model, "replicas", None)),
+                       ("prompts", len(model.prompts), len(judge_model.prompts) if hasattr(judge_model, "prompts")
+                        else None)):
+        if b is not None and a != b:
+            raise ValueError(f"judge {spec!r}: the judge model has {b} {what}, the model {a}; it must be a model "
+                             f"of the same world with the same replicas")
 
 
 def _ids(ids, n: int, name: str) -> torch.Tensor:
@@ -854,18 +903,19 @@ def _epoch_records(model, cfg, eval_set, data, external, groups, *, epoch, extra
     return out
 
 
-def _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external) -> dict:
+def _maybe_replay(model, cfg, data, epoch, mode, replay_epochs, level, external, judge_model=None) -> dict:
     if mode == "off":
         return {}
     trigger, probe = (epoch in replay_epochs), None
     if mode == "adaptive":
         trigger, probe = _adaptive_trigger(model, cfg, data, level, external=external,
-                                           seeds=replica_seeds(cfg, model.replicas, 5, epoch))
+                                           seeds=replica_seeds(cfg, model.replicas, 5, epoch), judge_model=judge_model)
     out: dict = {"replay": bool(trigger)}
     if probe is not None:
         out["replay_probe_rate"] = probe
     if trigger:
-        out.update(replay(model, cfg, data, external=external, seeds=replica_seeds(cfg, model.replicas, 6, epoch)))
+        out.update(replay(model, cfg, data, external=external, seeds=replica_seeds(cfg, model.replicas, 6, epoch),
+                          judge_model=judge_model))
     return out
 
 

@@ -21,7 +21,15 @@ spec                   meaning
                        candidates of one scoring call, per replica): it accepts ``round(rec * n)``
                        of the ``n`` aligned candidates at random and as many misaligned ones as
                        make the precision ``prec``, near misses first
+``weak``               the understanding of a *weaker checkpoint* of the same model (less
+                       understanding pre-training): the ``P(yes)`` of a second unified model (the
+                       loop's judge slot, ``run_clo(..., judge_model=...)``), thresholded like
+                       ``self``; the realistic case of the paper's warning
 =====================  ================================================================
+
+The external judge stays the audit's and the evaluation's ground truth whatever the data judge: the
+``weak`` judge's model fills a slot of its own (``judge_model``), so a weaker checkpoint never stands
+in for ground truth.
 
 Near misses are the world's: the external judge (or the object it is a method of, e.g. the
 simulator's ``world.oracle``) offers ``near_miss(prompt_ids, images) -> (R, B, K) bool``
@@ -43,6 +51,9 @@ Example::
     >>> s = parse_judge("lookalike:1").score(p, ext, threshold=0.5, generator=torch.Generator(), near_miss=near)
     >>> (s >= 0.5).tolist()                                       # the aligned one and the near miss
     [[[True, True, False]]]
+    >>> weak = torch.tensor([[[0.4, 0.7, 0.5]]])                  # the judge model's P(yes)
+    >>> parse_judge("weak").score(p, None, threshold=0.5, generator=torch.Generator(), judge_yes=weak) >= 0.5
+    tensor([[[False,  True,  True]]])
 """
 
 from __future__ import annotations
@@ -57,8 +68,8 @@ from dynamics.metrics import accepts
 
 __all__ = ["JUDGE_KINDS", "Judge", "near_misses", "parse_judge"]
 
-JUDGE_KINDS = ("self", "oracle", "external", "all", "noisy", "corrupt", "lookalike", "pr")
-_EXPECTED = "self, oracle, external, all, noisy:<p>, corrupt:<p>, lookalike:<p>, pr:<precision>,<recall>"
+JUDGE_KINDS = ("self", "oracle", "external", "all", "noisy", "corrupt", "lookalike", "pr", "weak")
+_EXPECTED = "self, oracle, external, all, noisy:<p>, corrupt:<p>, lookalike:<p>, pr:<precision>,<recall>, weak"
 
 
 @dataclass(frozen=True)
@@ -80,6 +91,11 @@ class Judge:
         return self.kind in ("lookalike", "pr")
 
     @property
+    def needs_judge_model(self) -> bool:
+        """Whether the judge reads a second unified model's ``P(yes)`` (``weak``: the judge slot)."""
+        return self.kind == "weak"
+
+    @property
     def spec(self) -> str:
         if self.kind == "pr":
             return f"pr:{self.p:g},{self.recall:g}"
@@ -93,6 +109,7 @@ class Judge:
         threshold: float,
         generator: torch.Generator | Sequence[torch.Generator],
         near_miss: torch.Tensor | None = None,
+        judge_yes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-candidate scores ``(R, B, K)`` in [0, 1]; accepted where ``score >= threshold``.
 
@@ -100,9 +117,18 @@ class Judge:
         by ``P(yes)``), so the ranking used for DPO pairs follows the (corrupted) verdicts.
         ``generator``: one, or one per replica (replica r's random choices then depend only on its own
         seed). ``near_miss`` ``(R, B, K)`` bool: the world's near misses (``lookalike``, ``pr``).
+        ``judge_yes`` ``(R, B, K)``: the judge model's ``P(yes)`` on the same candidates (``weak``).
         """
         if self.kind == "self":
             return p_yes
+        if self.kind == "weak":
+            if judge_yes is None:
+                raise ValueError(f"judge {self.spec!r} needs the judge model's P(yes) (judge_yes=...), and none was "
+                                 f"given")
+            if judge_yes.shape != p_yes.shape:
+                raise ValueError(f"judge {self.spec!r}: the judge model's P(yes) {tuple(judge_yes.shape)} must have "
+                                 f"the shape of the model's own {tuple(p_yes.shape)}")
+            return judge_yes.to(p_yes.dtype)
         if self.kind == "all":
             return torch.ones_like(p_yes)
         if external_yes is None and self.needs_external:
@@ -206,7 +232,7 @@ def _number(spec: str, text: str) -> float:
 
 def parse_judge(spec: str) -> Judge:
     """Parse a judge spec (``self``, ``oracle``, ``external``, ``all``, ``noisy:p``, ``corrupt:p``,
-    ``lookalike:p``, ``pr:precision,recall``).
+    ``lookalike:p``, ``pr:precision,recall``, ``weak``).
 
     >>> parse_judge("noisy:0.1")
     Judge(kind='noisy', p=0.1, recall=None)

@@ -20,6 +20,7 @@ from dynamics.cli import (
     add_alarm_flag,
     alarm_hook,
     check_device,
+    check_weak_judge,
     clo_config,
     clo_parser,
     content_hash,
@@ -156,7 +157,9 @@ def _check(parser, args) -> CLOConfig:
         from dynamics.toy.model import ToyConfig
         from dynamics.toy.world import SceneWorld
 
-        world = SceneWorld(ToyConfig.preset(args.toy_preset).world)
+        preset = ToyConfig.preset(args.toy_preset)
+        check_weak_judge(parser, args, args.pretrain_steps if args.pretrain_steps is not None else preset.steps)
+        world = SceneWorld(preset.world)
         n, cells = len(world.prompt_set()), world.cells
         rows = min(cfg.chunk_size, n) * max(cfg.candidates, cfg.eval_candidates)
         # candidates kept (images, verdicts: about 3 int64 copies) + one sampling chunk's activations
@@ -164,6 +167,9 @@ def _check(parser, args) -> CLOConfig:
         check_size(parser, need, f"--candidates {cfg.candidates} x {n} toy prompts x {cells} cells",
                    work=n * cfg.candidates * args.seeds * max(1, cfg.epochs), slow=2e6)
         return cfg
+    from dynamics.runs.janus import WEAK_UNSUPPORTED
+
+    check_weak_judge(parser, args, None, unsupported=WEAK_UNSUPPORTED)
     if args.seeds != 1:
         parser.error(f"--seeds {args.seeds}: several seeds are for the toy world; launch one run per seed")
     if not args.prompts:

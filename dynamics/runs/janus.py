@@ -19,7 +19,15 @@ from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import finish
 from dynamics.trackers import tracking_hook
 
-__all__ = ["load_external", "load_model", "load_prompt_sets", "run_janus"]
+__all__ = ["WEAK_UNSUPPORTED", "load_external", "load_model", "load_prompt_sets", "run_janus"]
+
+#: Why a real model has no ``weak`` data judge (``--judge weak`` is refused, exit 2): it needs a weaker
+#: checkpoint of the *same* model (less understanding pre-training), which no released Janus-Pro or Emu3
+#: provides, and a second multi-billion-parameter model in memory beside the trained one.
+WEAK_UNSUPPORTED = ("not offered for Janus-Pro / Emu3: the weak judge is a weaker checkpoint of the same model (less "
+                    "understanding pre-training), which no released checkpoint provides, and it would hold a second "
+                    "full model in memory; use it at the simulator and toy scales (experiments/sim_clo.py, "
+                    "experiments/full_clo.py --model toy), or a judge of dynamics.judges that needs no second model")
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -50,6 +58,10 @@ def run_janus(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
 
     if args.seeds != 1:
         raise SystemExit("error: --seeds > 1 is for the toy world; launch one Janus run per seed")
+    from dynamics.judges import parse_judge
+
+    if parse_judge(cfg.judge).needs_judge_model:  # refused by the flag checks already; this guards direct callers
+        raise ValueError(f"--judge {cfg.judge}: {WEAK_UNSUPPORTED}")
     family = model_family(args.model)  # an unknown family or a checkpoint without an image tokenizer: before loading
     prompts, n_train = load_prompt_sets(args)
     vlm = args.external.startswith("vlm:")

@@ -20,13 +20,21 @@ from collections.abc import Sequence
 
 import torch
 
-from dynamics.cli import add_alarm_flag, alarm_hook, clo_config, clo_parser, parse_args, run_identity
+from dynamics.cli import (
+    add_alarm_flag,
+    alarm_hook,
+    check_weak_judge,
+    clo_config,
+    clo_parser,
+    parse_args,
+    run_identity,
+)
 from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import check_size, clean_errors, finish, run_dir, write_bayes_link
 from dynamics.sim.model import COUPLINGS
 from dynamics.trackers import add_tracking_flags, tracking_hook
 
-__all__ = ["build", "build_parser", "main", "peak_bytes"]
+__all__ = ["build", "build_parser", "main", "peak_bytes", "weak_judge"]
 
 SIM_DEFAULTS = CLOConfig(candidates=8, epochs=20, lr=0.5, batch_size=16, eval_candidates=16, chunk_size=64)
 
@@ -65,16 +73,44 @@ def peak_bytes(args: argparse.Namespace, cfg: CLOConfig) -> int:
     return 36 * table + cands + 450 * 2**20
 
 
-def build(args: argparse.Namespace, world=None):
-    """World (unless given), pre-trained model and pre-training metrics for parsed arguments."""
+def build(args: argparse.Namespace, world=None, *, steps: int | None = None):
+    """World (unless given), pre-trained model and pre-training metrics for parsed arguments (``steps``:
+    pre-training steps other than ``--pretrain-steps``, e.g. the weak judge's)."""
     from dynamics.sim import SimModel, SimWorld
     from dynamics.sim.pretrain import pretrain
 
     world = world if world is not None else SimWorld(args.prompts, args.tokens, seed=args.world_seed)
     model = SimModel(world, replicas=args.seeds, seed=args.seed, coupling=args.coupling,
                      dtype=torch.float64 if args.float64 else torch.float32)
-    pre = pretrain(world, model, steps=args.pretrain_steps, gap=args.gap, seed=args.seed)
+    pre = pretrain(world, model, steps=args.pretrain_steps if steps is None else steps, gap=args.gap, seed=args.seed)
     return world, model, pre
+
+
+def weak_judge(args: argparse.Namespace, world, model, cfg: CLOConfig):
+    """The judge model of ``--judge weak`` (None for other judges) and its report: the same world,
+    replicas and seeds pre-trained for ``--weak-pretrain-steps`` (default
+    :data:`dynamics.sim.study.WEAK_FRACTION` of ``--pretrain-steps``), and the exact quality of its
+    verdicts and of the model's own on the model's candidates (:func:`dynamics.sim.study.weak_judge_quality`).
+    Warns when it is no weaker a judge than the model's own understanding."""
+    import warnings
+
+    from dynamics.judges import parse_judge
+    from dynamics.sim.study import SimSize, weak_judge_quality, weak_steps
+
+    if not parse_judge(cfg.judge).needs_judge_model:
+        return None, None
+    steps = weak_steps(SimSize(pretrain_steps=args.pretrain_steps), args.weak_pretrain_steps)
+    _, weak, _ = build(args, world, steps=steps)
+    report = {"pretrain_steps": steps, "weak": weak_judge_quality(world, model, weak, threshold=cfg.threshold),
+              "own": weak_judge_quality(world, model, model, threshold=cfg.threshold)}
+    mean = {k: sum(report[k]["balanced_acc"]) / len(report[k]["balanced_acc"]) for k in ("weak", "own")}
+    print(f"weak judge ({steps} pre-training steps): balanced accuracy of its verdicts on the model's candidates "
+          f"{mean['weak']:.3f}, the model's own {mean['own']:.3f} (exact, mean over {args.seeds} seed(s))")
+    if not mean["weak"] < mean["own"]:
+        warnings.warn(f"--judge weak: the checkpoint of {steps} pre-training steps is no weaker a judge than the model's "
+                      f"own understanding (balanced accuracy {mean['weak']:.3f} against {mean['own']:.3f}; coupling "
+                      f"{args.coupling}); lower --weak-pretrain-steps for a weaker one", RuntimeWarning, stacklevel=2)
+    return weak, report
 
 
 def hooks_for(args, world, model, cfg):
@@ -111,6 +147,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     except ValueError as e:
         parser.error(str(e))
     alarm = alarm_hook(parser, args)
+    check_weak_judge(parser, args, args.pretrain_steps)
     check_size(parser, peak_bytes(args, cfg), f"--seeds {args.seeds} x --prompts {args.prompts} x --tokens "
                f"{args.tokens}" + (" (float64)" if args.float64 else ""),
                work=args.seeds * args.prompts * args.tokens * (args.pretrain_steps + cfg.epochs), slow=5e9)
@@ -127,10 +164,13 @@ def _run(args, cfg, out, alarm=None, world=None) -> list[dict]:
             "probes": args.probes, "float64": args.float64, "pretrain_metrics": pre}
     from dynamics.transfer import sim_bayes_link
 
+    judge_model, weak = weak_judge(args, world, model, cfg)
+    if weak is not None:
+        info["weak_judge"] = weak
     link_before = sim_bayes_link(model)
     result = run_clo(model, cfg, external=world.oracle, out_dir=str(out), resume=args.resume,
                      hooks=hooks_for(args, world, model, cfg), run_info=info,
-                     on_epoch=tracking_hook(args, alarm, out, model=model, config=cfg))
+                     on_epoch=tracking_hook(args, alarm, out, model=model, config=cfg), judge_model=judge_model)
     write_bayes_link(out, link_before, sim_bayes_link(model))
     finish(result.metrics, out, title=f"simulator: judge={cfg.judge} loss={cfg.loss} coupling={args.coupling}")
     return result.metrics

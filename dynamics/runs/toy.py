@@ -18,24 +18,59 @@ from dynamics.clo import CLOConfig, run_clo
 from dynamics.runs.common import finish, write_bayes_link
 from dynamics.trackers import tracking_hook
 
-__all__ = ["run_toy", "toy_model"]
+__all__ = ["run_toy", "toy_model", "toy_size", "weak_judge"]
+
+
+def toy_size(args):
+    """The :class:`~dynamics.toy.study.ToySize` of parsed flags (preset, pre-training steps, cache, gap)."""
+    from dynamics.toy.study import ToySize, default_cache_dir
+
+    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
+    return ToySize(preset=args.toy_preset, pretrain_steps=args.pretrain_steps, cache_dir=cache,
+                   overrides={} if args.gen_noise is None else {"gen_noise": args.gen_noise})
 
 
 def toy_model(args, seed: int, threshold: float = 0.5):
     """The pre-trained toy model for ``seed`` (from the cache when present) and its gap report,
     gap checked (unless ``--no-gap-check``) with own verdicts at the CLO ``threshold`` (``--threshold``)."""
     from dynamics.toy.pretrain import GapError, gap_report
-    from dynamics.toy.study import ToySize, default_cache_dir, pretrained_model
+    from dynamics.toy.study import pretrained_model
 
-    cache = args.cache_dir if args.cache_dir is not None else default_cache_dir()
-    size = ToySize(preset=args.toy_preset, pretrain_steps=args.pretrain_steps, cache_dir=cache,
-                   overrides={} if args.gen_noise is None else {"gen_noise": args.gen_noise})
+    size = toy_size(args)
     try:
         model = pretrained_model(size, seed, coupling=args.coupling, check=not args.no_gap_check,
                                  progress=not args.no_progress, threshold=threshold)
     except GapError as e:
         raise SystemExit(f"error: {e}") from None
     return model, model.gap if not args.no_gap_check else gap_report(model, seed=seed, threshold=threshold)
+
+
+def weak_judge(args, model, cfg: CLOConfig, seed: int):
+    """The judge model of ``--judge weak`` for ``seed`` (None for other judges) and its report: the same
+    config, seed and coupling pre-trained for ``--weak-pretrain-steps`` (default
+    :data:`dynamics.toy.study.WEAK_FRACTION` of the run's; cached), and the quality of its verdicts and
+    of the model's own on the model's samples (:func:`dynamics.toy.study.judge_quality`). Warns when it
+    is no weaker a judge than the model's own understanding."""
+    import warnings
+
+    from dynamics.judges import parse_judge
+    from dynamics.toy.study import judge_quality, weak_model, weak_steps
+
+    if not parse_judge(cfg.judge).needs_judge_model:
+        return None, None
+    size = toy_size(args)
+    steps = weak_steps(size, args.weak_pretrain_steps, coupling=args.coupling)
+    weak = weak_model(size, seed, steps=steps, coupling=args.coupling, progress=not args.no_progress)
+    kw = {"n": cfg.candidates, "seed": seed, "threshold": cfg.threshold}
+    report = {"pretrain_steps": steps, "weak": judge_quality(model, weak, **kw), "own": judge_quality(model, model, **kw)}
+    w, o = report["weak"]["balanced_acc"], report["own"]["balanced_acc"]
+    print(f"weak judge ({steps} pre-training steps, seed {seed}): balanced accuracy of its verdicts on the model's "
+          f"samples {w:.3f}, the model's own {o:.3f} ({report['own']['n']} samples, exact detector)")
+    if not w < o:
+        warnings.warn(f"--judge weak: the checkpoint of {steps} pre-training steps is no weaker a judge than the model's "
+                      f"own understanding (balanced accuracy {w:.3f} against {o:.3f}); lower --weak-pretrain-steps for "
+                      f"a weaker one", RuntimeWarning, stacklevel=2)
+    return weak, report
 
 
 def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
@@ -63,11 +98,15 @@ def run_toy(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
                 "bayes_offset": getattr(model, "offset", None),
                 "pretrain": {k: v for k, v in model.pretrain_info.items() if k != "loss_curve"},
                 "gap_report": gap, "train_on": args.train_on}
+        judge_model, weak = weak_judge(args, model, cfg, s)
+        if weak is not None:
+            info["weak_judge"] = weak
         link_samples = fixed_samples(model, per_prompt=2, seed=s)  # the same pairs before and after
         link_before = toy_bayes_link(model, samples=link_samples)
         result = run_clo(model, dataclasses.replace(cfg, seed=s), external=world.external_judge(), train_ids=ids,
                          out_dir=str(run_dir), resume=args.resume, run_info=info,
-                         on_epoch=tracking_hook(args, alarm, run_dir, model=model, config=dataclasses.replace(cfg, seed=s)))
+                         on_epoch=tracking_hook(args, alarm, run_dir, model=model, config=dataclasses.replace(cfg, seed=s)),
+                         judge_model=judge_model)
         write_bayes_link(run_dir, link_before, toy_bayes_link(model, samples=link_samples))
         after = model.sample(show, 6, seed=s)
         judge = world.external_judge()

@@ -35,6 +35,7 @@ import torch
 
 from dynamics import metrics
 from dynamics.clo import CLOConfig
+from dynamics.judges import parse_judge
 from dynamics.sim.model import COUPLINGS, SimModel
 from dynamics.sim.pretrain import exact_metrics, pretrain
 from dynamics.sim.tracking import TheoryTracker, fp_correction_analysis
@@ -62,6 +63,9 @@ __all__ = [
     "pretrained",
     "replay_precision",
     "run_arm",
+    "weak_judge_quality",
+    "weak_pretrained",
+    "weak_steps",
     "world_arms",
 ]
 
@@ -208,6 +212,98 @@ def pretrained(
     return world, model
 
 
+#: The ``weak`` data judge's share of the run's pre-training steps (:func:`weak_pretrained`). Pre-training
+#: (constant-rate Adam) converges within about 75 steps, so a quarter of 300 is as good a judge as the
+#: full model; a fifteenth (20 of 300) is clearly weaker but above chance where understanding is a trained
+#: head. Measured at the default size (P = V = 64, 4 seeds, world 0; :func:`weak_judge_quality`, balanced
+#: accuracy on the full model's candidates, weak against full): tied 0.76 against 0.90, trunk 0.76 against
+#: 0.89, decoupled 0.79 against 0.90. Under ``bayes`` understanding is the generator's posterior, and an
+#: earlier generator is no worse a posterior (0.89 against 0.89; better in world 2): there the weak
+#: checkpoint is not a weaker judge, which :func:`weak_judge_quality` shows and the entry point reports.
+WEAK_FRACTION = 1 / 15
+
+
+def weak_steps(size: SimSize, steps: int | None = None) -> int:
+    """The pre-training steps of the ``weak`` judge of ``size``: ``steps``, or by default
+    :data:`WEAK_FRACTION` of ``size.pretrain_steps`` (at least 1). A ValueError names a count outside
+    ``1..size.pretrain_steps``.
+
+    >>> weak_steps(SimSize()), weak_steps(SimSize(), 120)
+    (20, 120)
+    """
+    n = max(1, round(WEAK_FRACTION * size.pretrain_steps)) if steps is None else steps
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= size.pretrain_steps:
+        raise ValueError(f"weak judge: pre-training steps {n!r} must be an integer in 1..{size.pretrain_steps} (the "
+                         f"run's pre-training steps): the weak judge is the model with less understanding pre-training")
+    return n
+
+
+def weak_pretrained(
+    size: SimSize,
+    *,
+    steps: int | None = None,
+    coupling: str | None = None,
+    perturbation: float = 0.0,
+    perturb_at: str = "pretrained",
+) -> SimModel:
+    """The judge model of the ``weak`` data judge: the replicas of :func:`pretrained` (same world, seeds,
+    coupling, recipe, perturbation) pre-trained for :func:`weak_steps` steps instead of
+    ``size.pretrain_steps`` (default :data:`WEAK_FRACTION`): an earlier checkpoint of the same
+    pre-training run (constant-rate Adam on the same data), whose understanding is measurably worse where
+    it is a trained head (:func:`weak_judge_quality`; not under ``bayes``: see :data:`WEAK_FRACTION`).
+    Pass it to :func:`dynamics.clo.run_clo` as ``judge_model``.
+
+    >>> size = SimSize.tiny(pretrain_steps=45)
+    >>> weak = weak_pretrained(size)
+    >>> weak.replicas == size.seeds, weak_steps(size)
+    (True, 3)
+    """
+    return pretrained(dataclasses.replace(size, pretrain_steps=weak_steps(size, steps)), coupling=coupling,
+                      perturbation=perturbation, perturb_at=perturb_at)[1]
+
+
+def weak_judge_quality(world: SimWorld, model: SimModel, judge_model: SimModel, *,
+                       threshold: float = 0.5) -> dict[str, list[float]]:
+    """How good a judge model's verdicts are on ``model``'s candidates, exactly, per replica: the
+    rates over the generator's distribution ``pi(x|y)`` (the population of which Algorithm 1's
+    candidates are a sample) of the judge model's verdicts ``P(yes) >= threshold`` against ground
+    truth: ``fp_rate``, ``fn_rate``, ``balanced_acc`` (``1 - (FP + FN) / 2``), ``precision`` and
+    ``recall`` of the accepted set, ``accept_rate``; and ``table_balanced_acc``, the balanced accuracy
+    of its whole ``(P, V)`` understanding table. Measure a weak judge against the model's own
+    (``judge_model=model``) to see that it is weaker.
+
+    >>> size = SimSize.tiny(pretrain_steps=40)
+    >>> w, m = pretrained(size)
+    >>> q = weak_judge_quality(w, m, m)
+    >>> sorted(q)[:3], len(q["fp_rate"]) == size.seeds
+    (['accept_rate', 'balanced_acc', 'fn_rate'], True)
+    """
+    pi = model.gen_table().to(torch.float64).cpu()  # (R, P, V)
+    yes = metrics.accepts(judge_model.understanding_table().cpu(), threshold)
+    al = world.aligned.cpu().expand_as(yes)
+    fp = metrics.false_positive_rate(yes, al, pi)
+    fn = metrics.false_negative_rate(yes, al, pi)
+    out = {
+        "fp_rate": fp,
+        "fn_rate": fn,
+        "balanced_acc": 1.0 - 0.5 * (fp + fn),
+        "precision": metrics.rate(al, yes, pi)[0],
+        "recall": metrics.rate(yes, al, pi)[0],
+        "accept_rate": metrics.rate(yes, torch.ones_like(yes), pi)[0],
+        "table_balanced_acc": metrics.balanced_accuracy(yes, al),
+    }
+    return {k: v.tolist() for k, v in out.items()}
+
+
+def _judge_model(size: SimSize, judges: Iterable[str], judge_model: SimModel | None, steps: int | None,
+                 **kw) -> SimModel | None:
+    """The judge slot of a study's arms: ``judge_model``, or :func:`weak_pretrained` where a judge is
+    ``weak`` (None otherwise)."""
+    if judge_model is not None or not any(parse_judge(j).needs_judge_model for j in judges):
+        return judge_model
+    return weak_pretrained(size, steps=steps, **kw)
+
+
 # --------------------------------------------------------------------------------------- exact metrics
 
 
@@ -292,13 +388,16 @@ def run_arm(
     tracker_kw: dict | None = None,
     train_ids: Sequence[int] | torch.Tensor | None = None,
     tags: dict | None = None,
+    judge_model: SimModel | None = None,
 ) -> Arm:
     """Run CLO from ``model0`` (restored afterwards: :func:`dynamics.study.run_arm`) with the oracle
     as external judge and the exact metrics added to every epoch record.
 
     ``track_every > 0`` adds a :class:`~dynamics.sim.TheoryTracker` (every k-th step, ``probes`` probe
     pairs, 3/4 misaligned). ``train_ids``: the prompts Algorithm 1 builds training data for (default
-    all; evaluation always covers every prompt). Returns an :class:`Arm` holding the trained model.
+    all; evaluation always covers every prompt). ``judge_model``: the judge slot of the ``weak`` judge
+    (:func:`weak_pretrained`; the oracle stays the audit's and the evaluation's ground truth). Returns an
+    :class:`Arm` holding the trained model.
 
     >>> w, m = pretrained(SimSize.tiny())
     >>> arm = run_arm(w, m, SimSize.tiny().config(judge="oracle"))
@@ -316,7 +415,7 @@ def run_arm(
             rec.update(ex)
 
     arm = _run_arm(model0, cfg, external=world.oracle, label=label, train_ids=train_ids, hooks=hooks,
-                   on_epoch=on_epoch, tags=tags, keep_model=True)
+                   on_epoch=on_epoch, tags=tags, keep_model=True, judge_model=judge_model)
     return Arm(arm.label, cfg, arm.records, arm.theory, arm.data, arm.model, ref, world)
 
 
@@ -327,18 +426,24 @@ def judge_arms(
     coupling: str | None = None,
     track_every: int = 0,
     model: tuple[SimWorld, SimModel] | None = None,
+    judge_model: SimModel | None = None,
+    weak_steps: int | None = None,
     **cfg_overrides,
 ) -> dict[str, Arm]:
     """One arm per judge spec, all from the same pre-trained replicas (pre-trained here unless
-    ``model=(world, model)`` is given). ``cfg_overrides``: any :class:`CLOConfig` field.
+    ``model=(world, model)`` is given). ``cfg_overrides``: any :class:`CLOConfig` field. A ``weak`` arm
+    judges with ``judge_model``, by default :func:`weak_pretrained` with ``weak_steps`` pre-training
+    steps (default :data:`WEAK_FRACTION` of the size's; with ``model`` given, pass the matching ``judge_model``).
 
     >>> arms = judge_arms(SimSize.tiny(), ["oracle", "noisy:0.5"], loss="dpo")
     >>> [a.config.loss for a in arms.values()]
     ['dpo', 'dpo']
     """
     world, m0 = model or pretrained(size, coupling=coupling)
+    weak = _judge_model(size, judges, judge_model, weak_steps, coupling=coupling)
     return {
-        j: run_arm(world, m0, size.config(judge=j, **cfg_overrides), label=j, track_every=track_every)
+        j: run_arm(world, m0, size.config(judge=j, **cfg_overrides), label=j, track_every=track_every,
+                   judge_model=weak)
         for j in judges
     }
 
@@ -351,11 +456,14 @@ def world_arms(
     coupling: str | None = None,
     perturbation: float = 0.0,
     perturb_at: str = "pretrained",
+    weak_steps: int | None = None,
     **cfg_overrides,
 ) -> dict[str, list[dict]]:
     """:func:`judge_arms` in every world of ``worlds`` (``size.seeds`` replicas each): ``{judge:
     records of every world}``, each record tagged with its ``world``, so the study layer pairs arms
-    by ``(world, seed)``. ``perturbation``, ``perturb_at``: see :func:`pretrained`.
+    by ``(world, seed)``. ``perturbation``, ``perturb_at``: see :func:`pretrained`. A ``weak`` arm
+    judges with each world's :func:`weak_pretrained` (``weak_steps`` pre-training steps, default
+    :data:`WEAK_FRACTION` of the size's; same perturbation).
 
     >>> arms = world_arms(SimSize.tiny(epochs=1), ["all"], worlds=(0, 1))
     >>> sorted({(r["world"], r["seed"]) for r in arms["all"]})
@@ -366,8 +474,11 @@ def world_arms(
         sz = dataclasses.replace(size, world_seed=int(w))
         base = pretrained(sz, coupling=coupling, perturbation=perturbation,
                           perturb_at=perturb_at)
+        weak = _judge_model(sz, judges, None, weak_steps, coupling=coupling, perturbation=perturbation,
+                            perturb_at=perturb_at)
         for j in judges:
-            out[j] += run_arm(*base, sz.config(judge=j, **cfg_overrides), label=j, tags={"world": int(w)}).records
+            out[j] += run_arm(*base, sz.config(judge=j, **cfg_overrides), label=j, tags={"world": int(w)},
+                              judge_model=weak).records
     return out
 
 
@@ -378,10 +489,12 @@ def coupling_arms(
     worlds: Sequence[int] = (0,),
     perturbation: float = 0.0,
     perturb_at: str = "pretrained",
+    weak_steps: int | None = None,
     **cfg_overrides,
 ) -> dict[str, list[dict]]:
     """:func:`world_arms` for every coupling of ``judges`` ``{coupling: judge specs}``, keyed
-    ``"<coupling>/<judge>"`` (each coupling is its own architecture, pre-trained with the same recipe).
+    ``"<coupling>/<judge>"`` (each coupling is its own architecture, pre-trained with the same recipe;
+    a ``weak`` arm's judge is that coupling's weaker checkpoint, ``weak_steps``: see :func:`world_arms`).
 
     >>> sorted(coupling_arms(SimSize.tiny(epochs=1), {"tied": ["all"], "bayes": ["all"]}))
     ['bayes/all', 'tied/all']
@@ -389,7 +502,7 @@ def coupling_arms(
     out: dict[str, list[dict]] = {}
     for c, js in judges.items():
         for j, recs in world_arms(size, js, worlds=worlds, coupling=c, perturbation=perturbation,
-                                  perturb_at=perturb_at, **cfg_overrides).items():
+                                  perturb_at=perturb_at, weak_steps=weak_steps, **cfg_overrides).items():
             out[f"{c}/{j}"] = recs
     return out
 
@@ -421,11 +534,14 @@ def curriculum_arms(
     candidates: int | None = None,
     adaptive: bool = False,
     model: tuple[SimWorld, SimModel] | None = None,
+    judge_model: SimModel | None = None,
+    weak_steps: int | None = None,
     **cfg_overrides,
 ) -> dict[str, Arm]:
     """No replay, then replay at each epoch of ``replay_epochs`` (one arm each; ``adaptive`` adds the
     adaptive trigger), from one pre-trained model. ``candidates`` overrides the size's (fewer
-    candidates leave a larger discard pool). Keys ``off``, ``epochs:<e>``, ``adaptive``.
+    candidates leave a larger discard pool). Keys ``off``, ``epochs:<e>``, ``adaptive``. With
+    ``judge="weak"`` every arm (and its replay) judges with ``judge_model`` (see :func:`judge_arms`).
 
     >>> arms = curriculum_arms(SimSize.tiny(), [1], candidates=1)
     >>> sorted(arms), [r["epoch"] for r in arms["epochs:1"].records if r.get("replay")]
@@ -436,7 +552,8 @@ def curriculum_arms(
     if candidates is not None:
         kw["candidates"] = candidates
     specs = ["off"] + [f"epochs:{e}" for e in replay_epochs] + (["adaptive"] if adaptive else [])
-    return {s: run_arm(world, m0, size.config(curriculum=s, **kw), label=s) for s in specs}
+    weak = _judge_model(size, [judge], judge_model, weak_steps)
+    return {s: run_arm(world, m0, size.config(curriculum=s, **kw), label=s, judge_model=weak) for s in specs}
 
 
 def eta_scaling(

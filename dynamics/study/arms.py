@@ -95,16 +95,18 @@ def check_perturb_at(perturb_at: str) -> None:
 
 def run_arm(model: UnifiedModel, cfg: CLOConfig, *, external: ExternalJudge | None, label: str | None = None,
             train_ids=None, hooks: Iterable[StepHook] = (), on_epoch: Callable[[int, list[dict]], None] | None = None,
-            tags: Mapping | None = None, keep_model: bool = False, shared_start: dict | None = None) -> Arm:
+            tags: Mapping | None = None, keep_model: bool = False, shared_start: dict | None = None,
+            judge_model: UnifiedModel | None = None) -> Arm:
     """One CLO run from the current weights of ``model``, which are restored afterwards (also on
     error). ``hooks`` and ``on_epoch`` go to :func:`dynamics.clo.run_clo`; ``tags`` are added to every
     record (e.g. ``{"world": 1}``); ``keep_model`` keeps a copy of the trained model in the arm;
     ``shared_start``: see :func:`dynamics.clo.run_clo` (the draws before training, shared by the
-    arms of one pre-trained model)."""
+    arms of one pre-trained model); ``judge_model``: the judge slot of the ``weak`` judge (see
+    :func:`dynamics.clo.run_clo`; other judges ignore it)."""
     state = snapshot(model)
     try:
         res = run_clo(model, cfg, external=external, train_ids=train_ids, hooks=hooks, on_epoch=on_epoch,
-                      shared_start=shared_start)
+                      shared_start=shared_start, judge_model=judge_model)
         trained = copy.deepcopy(model) if keep_model else None
     finally:  # run_clo leaves the model in eval mode, also on error
         model.load_state_dict(state)
@@ -116,18 +118,20 @@ def run_arm(model: UnifiedModel, cfg: CLOConfig, *, external: ExternalJudge | No
 def run_arms(model: UnifiedModel, configs: Mapping[str, CLOConfig], *, external: ExternalJudge | None,
              train_ids=None, hooks_for: Callable[[str, CLOConfig], list[StepHook]] | None = None,
              on_epoch_for: Callable[[str, CLOConfig], Callable] | None = None, tags: Mapping | None = None,
-             keep_models: bool = False) -> dict[str, Arm]:
+             keep_models: bool = False, judge_model: UnifiedModel | None = None) -> dict[str, Arm]:
     """:func:`run_arm` for every ``{label: config}``, each from the same weights of ``model``.
     ``hooks_for(label, cfg)`` / ``on_epoch_for(label, cfg)`` build per-arm hooks and epoch callbacks.
     What the arms draw before training (evaluation set, candidates, epoch-0 evaluation) is drawn once
-    and shared: it depends only on the weights, the seed and the sampling settings."""
+    and shared: it depends only on the weights, the seed and the sampling settings. ``judge_model``:
+    the judge slot of the arms with the ``weak`` judge (the others ignore it; its verdicts are not
+    shared)."""
     out = {}
     shared: dict = {}
     for label, cfg in configs.items():
         out[label] = run_arm(model, cfg, external=external, label=label, train_ids=train_ids,
                              hooks=hooks_for(label, cfg) if hooks_for else (),
                              on_epoch=on_epoch_for(label, cfg) if on_epoch_for else None, tags=tags,
-                             keep_model=keep_models, shared_start=shared)
+                             keep_model=keep_models, shared_start=shared, judge_model=judge_model)
     return out
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dynamics.clo import CLOConfig, batch_loss, build_data, replica_seeds, train_batch
+from dynamics.judges import parse_judge
 from dynamics.protocol import check_coupling
 from dynamics.study import change, flatten_groups, judge_configs, paired_difference, perturb, slope
 from dynamics.study import run_arms as _run_arms
@@ -49,12 +50,15 @@ __all__ = [
     "category_table",
     "default_cache_dir",
     "flatten_groups",
+    "judge_quality",
     "judge_study",
     "one_step_check",
     "one_step_summary",
     "pretrained_model",
     "run_arms",
     "slope",
+    "weak_model",
+    "weak_steps",
 ]
 
 
@@ -162,6 +166,81 @@ def pretrained_model(size: ToySize, seed: int, *, coupling: str = "tied", check:
     return model
 
 
+#: The ``weak`` data judge's share of the run's pre-training steps (:func:`weak_model`). Measured on the
+#: default preset (1,200 steps; :func:`judge_quality`: balanced accuracy ``1 - (FP + FN) / 2`` of the
+#: verdicts on the full model's own 1,008 candidates, 8 per prompt, against the exact detector; in
+#: brackets the balanced probes of :func:`dynamics.toy.pretrain.gap_report`). Seed 0: 300 steps 0.58
+#: (0.52, chance), 600 steps 0.74 (0.77), 750 steps 0.72 (0.74), 900 steps 0.82 (0.86), the full model
+#: 0.82 (0.85). Seed 1: 600 steps 0.59 (0.51), 750 steps 0.63 (0.56), the full model 0.86 (0.85).
+#: Understanding learns through a plateau whose end varies with the seed: a quarter leaves it at chance,
+#: three quarters match the full model (seed 0), half is at chance on the probes for seed 1; 5/8 (750 of
+#: 1,200) is above chance and clearly weaker on both seeds (FP 0.36 and 0.50 against 0.33 and 0.24, FN
+#: 0.21 and 0.24 against 0.03 and 0.05).
+WEAK_FRACTION = 0.625
+
+
+def weak_steps(size: ToySize, steps: int | None = None, *, coupling: str = "tied", world: int = 0) -> int:
+    """The pre-training steps of the ``weak`` judge of ``size``: ``steps``, or by default
+    :data:`WEAK_FRACTION` of the run's (``size.pretrain_steps``, else the preset's), at least 1. A
+    ValueError names a count outside ``1..`` the run's steps.
+
+    >>> weak_steps(ToySize()), weak_steps(ToySize.tiny(), 2)
+    (750, 2)
+    """
+    full = size.pretrain_steps if size.pretrain_steps is not None else size.config(coupling, world).steps
+    n = max(1, round(WEAK_FRACTION * full)) if steps is None else steps
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full:
+        raise ValueError(f"weak judge: pre-training steps {n!r} must be an integer in 1..{full} (the run's "
+                         f"pre-training steps): the weak judge is the model with less understanding pre-training")
+    return n
+
+
+def weak_model(size: ToySize, seed: int, *, steps: int | None = None, coupling: str = "tied", world: int = 0,
+               perturbation: float = 0.0, progress: bool = False):
+    """The judge model of the ``weak`` data judge: the model of :func:`pretrained_model` (same config,
+    seed, world, coupling, perturbation; cached alike) pre-trained for :func:`weak_steps` steps instead
+    of the run's (default :data:`WEAK_FRACTION`), with no gap check. Pass it to
+    :func:`dynamics.clo.run_clo` as ``judge_model``; the quality of its verdicts on the model's
+    candidates: :func:`judge_quality`.
+
+    >>> weak = weak_model(ToySize.tiny(), 0)
+    >>> weak.pretrain_info["steps"], weak.replicas
+    (3, 1)
+    """
+    n = weak_steps(size, steps, coupling=coupling, world=world)
+    return pretrained_model(dataclasses.replace(size, pretrain_steps=n), seed, coupling=coupling, check=False,
+                            progress=progress, world=world, perturbation=perturbation)
+
+
+@torch.no_grad()
+def judge_quality(model, judge_model, *, n: int = 8, seed: int = 0, threshold: float = 0.5) -> dict:
+    """How good ``judge_model``'s verdicts (``P(yes) >= threshold``) are on ``model``'s own samples
+    (``n`` per prompt, ``seed``: the candidates Algorithm 1 would judge) against the exact detector:
+    ``fp_rate``, ``fn_rate``, ``balanced_acc`` (``1 - (FP + FN) / 2``), ``precision`` and ``recall`` of
+    the accepted set, ``n``. ``judge_model=model``: the model's own understanding, the reference a
+    ``weak`` judge is measured against.
+
+    >>> m = pretrained_model(ToySize.tiny(), 0, check=False)
+    >>> sorted(judge_quality(m, weak_model(ToySize.tiny(), 0), n=1))
+    ['balanced_acc', 'fn_rate', 'fp_rate', 'n', 'precision', 'recall']
+    """
+    from dynamics import metrics
+
+    ids = torch.arange(len(model.prompts))
+    x = model.sample(ids, n, seed=seed)
+    yes = metrics.accepts(judge_model.judge(ids, x), threshold)
+    ext = model.world.external_judge()(ids, x).bool()
+    fp, fn = metrics.false_positive_rate(yes, ext).item(), metrics.false_negative_rate(yes, ext).item()
+    return {"fp_rate": fp, "fn_rate": fn, "balanced_acc": 1.0 - 0.5 * (fp + fn),
+            "precision": metrics.rate(ext, yes)[0].item(), "recall": metrics.rate(yes, ext)[0].item(),
+            "n": yes.numel()}
+
+
+def _weak_for(size: ToySize, judges: Sequence[str], seed: int, steps: int | None, **kw):
+    """The judge slot of a unit's arms: :func:`weak_model` where a judge is ``weak``, else None."""
+    return weak_model(size, seed, steps=steps, **kw) if any(parse_judge(j).needs_judge_model for j in judges) else None
+
+
 def _train_ids(model: ToyModel, train_on: str):
     if train_on == "all":
         return None
@@ -170,20 +249,23 @@ def _train_ids(model: ToyModel, train_on: str):
 
 
 def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_ids=None,
-             labels: Sequence[str] | None = None, tags: dict | None = None) -> dict[str, list[dict]]:
+             labels: Sequence[str] | None = None, tags: dict | None = None,
+             judge_model=None) -> dict[str, list[dict]]:
     """One CLO run per judge from the current weights of ``model`` (restored after each:
     :func:`dynamics.study.run_arms`), judged exactly; ``{label: records}`` with the per-category
-    metrics flattened to ``<metric>@<group>``."""
+    metrics flattened to ``<metric>@<group>``. ``judge_model``: the judge slot of a ``weak`` arm
+    (:func:`weak_model`); the exact detector stays the audit's and the evaluation's ground truth."""
     configs = judge_configs(cfg, judges)
     if labels is not None:
         configs = {lab: configs[j] for lab, j in zip(labels, judges)}
-    arms = _run_arms(model, configs, external=model.world.external_judge(), train_ids=train_ids, tags=tags)
+    arms = _run_arms(model, configs, external=model.world.external_judge(), train_ids=train_ids, tags=tags,
+                     judge_model=judge_model)
     return {label: arm.records for label, arm in arms.items()}
 
 
 def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied", check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
                 perturbation: float = 0.0, perturb_at: str = "pretrained", skip_no_gap: bool = False,
-                excluded: list | None = None
+                excluded: list | None = None, weak_steps: int | None = None
                 ) -> dict[str, list[dict]]:
     """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
     unit, shared by its arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields);
@@ -196,7 +278,9 @@ def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
     whose pre-trained model fails the gap check (:func:`dynamics.toy.pretrain.check_gap`, the
     precondition the main job enforces too) stops the study, or with ``skip_no_gap`` is left out with
     a logged reason (appended to ``excluded`` as ``{"world", "seed", "reason"}`` when given): the
-    inclusion criterion of a study, applied before any arm runs."""
+    inclusion criterion of a study, applied before any arm runs. A ``weak`` arm judges with the unit's
+    :func:`weak_model` (``weak_steps`` pre-training steps, default :data:`WEAK_FRACTION` of the run's; perturbed
+    alike)."""
     check_perturb_at(perturb_at)
     from dynamics.toy.pretrain import GapError
 
@@ -214,10 +298,15 @@ def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
             if excluded is not None:
                 excluded.append({"world": w, "seed": s, "reason": str(e)})
             continue
+        weak = _weak_for(size, judges, s, weak_steps, coupling=coupling, world=w,
+                         perturbation=perturbation if perturb_at == "init" else 0.0)
         if perturbation and perturb_at == "pretrained":
             perturb(model, rel=perturbation, seed=s)
+            if weak is not None:
+                perturb(weak, rel=perturbation, seed=s)
         cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
-        got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on), tags={"world": w})
+        got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on), tags={"world": w},
+                       judge_model=weak)
         for j in judges:
             arms[j].extend(got[j])
     return arms
