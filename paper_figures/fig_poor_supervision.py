@@ -1,9 +1,10 @@
 """Poor supervision that fails the way real judges fail, at the simulator scale: the look-alike judge
 (``lookalike:p``, the exact judge that also accepts each near miss with probability p) over p, and an
 external judge of set precision and recall (``pr:precision,recall``, errors near misses first) over the
-precision at a fixed recall, in every coupling, each arm read against the unfiltered control (phase,
-Gen, false positives, Non, win rate), with the realised precision and recall of its training set and
-the co-degradation alarm's false-alarm and miss rates.
+precision at a fixed recall, and a weaker checkpoint's understanding (``weak``), in every coupling,
+each arm read against the unfiltered control (phase, Gen, false positives, Non, win rate), with the
+realised precision and recall of its training set and the co-degradation alarm's false-alarm and
+miss rates.
 
     python paper_figures/fig_poor_supervision.py          # P = V = 48, 8 seeds x 2 worlds, 10 epochs
     python paper_figures/fig_poor_supervision.py --quick  # a seconds-long smoke run
@@ -40,6 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--precisions", type=float, nargs="+", default=None,
                    help="precisions of the pr judge (default 0.9 0.7 0.6 0.5 0.4 0.3)")
     p.add_argument("--recall", type=float, default=None, help="the pr judge's fixed recall (default 0.3)")
+    p.add_argument("--weak", nargs="*", choices=list(COUPLINGS), default=None,
+                   help="couplings with a 'weak' arm (the same models pre-trained for fewer steps judge the data; "
+                        "default decoupled trunk tied, quick tied; give the flag alone for none)")
     p.add_argument("--alarm-tolerance", type=float, default=0.01,
                    help="the co-degradation alarm's tolerance, a fraction (default 0.01, the entry points' "
                         "--alarm-tolerance)")
@@ -59,12 +63,13 @@ def main(argv=None) -> dict:
 
     if args.quick:
         size = SimSize.quick(**({"seeds": args.seeds} if args.seeds else {}))
-        kw = {"worlds": (0,), "couplings": ("bayes", "tied"), "lookalike_ps": (1.0,), "precisions": (0.9, 0.5)}
+        kw = {"worlds": (0,), "couplings": ("bayes", "tied"), "lookalike_ps": (1.0,), "precisions": (0.9, 0.5),
+              "weak": ("tied",)}
     else:
         size = SimSize(prompts=48, tokens=48, seeds=args.seeds or 8, epochs=10, pretrain_steps=200)
         kw = {}
     for name, value in (("worlds", args.worlds), ("couplings", args.couplings), ("lookalike_ps", args.lookalike),
-                        ("precisions", args.precisions), ("recall", args.recall)):
+                        ("precisions", args.precisions), ("recall", args.recall), ("weak", args.weak)):
         if value is not None:
             kw[name] = tuple(value) if isinstance(value, list) else value
     try:

@@ -92,7 +92,7 @@ def test_toy_scan_records_carry_the_alarm_and_the_near_miss_share():
     out = toy_poor_supervision(QUICK, couplings=("tied",), lookalike_ps=(1.0,), precisions=(0.5,), recall=0.5)
     s = out["summary"]
     rows = s["rows"]["tied"]
-    assert set(rows) == {"all", "self", "oracle", "lookalike:1", "pr:0.5,0.5"}
+    assert set(rows) == {"all", "self", "oracle", "lookalike:1", "pr:0.5,0.5", "weak"}
     for j, row in rows.items():  # the realised quality of every training set, read from the audit
         assert {"precision", "recall", "near_miss_share", "alarm_rate", "gen_change"} <= set(row), j
         assert row["precision"][2] == len(QUICK.units()), j

@@ -29,6 +29,9 @@ Example (a tiny world)::
     ...                             lookalike_ps=(1.0,), precisions=(0.5,), recall=0.8)
     >>> sorted(out["summary"]["rows"]["bayes"])
     ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.8', 'self']
+    >>> "weak" in poor_supervision_scan(SimSize.tiny(epochs=1), couplings=("tied",), worlds=(0,), lookalike_ps=(),
+    ...                                 precisions=())["summary"]["rows"]["tied"]
+    True
     >>> row = out["summary"]["rows"]["bayes"]["lookalike:1"]
     >>> row["phase"] in ("co-improvement", "co-degradation", "drift", "no transfer", "undetermined")
     True
@@ -42,7 +45,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from dynamics.protocol import COUPLINGS
-from dynamics.sim.study import Reference, SimSize, exact_epoch_metrics, pretrained
+from dynamics.sim.study import Reference, SimSize, exact_epoch_metrics, pretrained, weak_pretrained
 from dynamics.sim.world import SimWorld
 from dynamics.study import run_arm
 from dynamics.study.phase import PHASE_FP_MARGIN
@@ -61,6 +64,7 @@ __all__ = [
     "PR_PRECISIONS",
     "PR_RECALL",
     "SIM_KEYS",
+    "WEAK_COUPLINGS",
     "alarmed_arms",
     "format_rows",
     "near_miss_share",
@@ -74,6 +78,9 @@ PR_PRECISIONS = (0.9, 0.7, 0.6, 0.5, 0.4, 0.3)
 # is reached (at recall 0.8 no precision below about 0.56 is realisable in these worlds)
 PR_RECALL = 0.3
 ALARM_TOLERANCE = 0.01  # the entry points' default (--alarm-tolerance)
+# the couplings with a weak arm: under bayes an earlier checkpoint's understanding is no weaker (its generator's
+# posterior is as good: dynamics.sim.study.WEAK_FRACTION)
+WEAK_COUPLINGS = ("decoupled", "trunk", "tied")
 # the simulator's exact metrics, the loop's sampled Non beside them, the loop's alarm and one fed the exact metrics
 SIM_KEYS = ScanKeys(gen="exact_gen_acc", fp="exact_pre_fp_rate", non="exact_non_unification", win="exact_win_rate",
                     others=("non_unification",), alarms=("alarm", "exact_alarm"))
@@ -97,7 +104,8 @@ def alarmed_arms(size: SimSize, judges: Sequence[str], *, worlds: Sequence[int] 
     exact metrics, ``alarm`` (the loop's alarm, :class:`~dynamics.alarm.EpochAlarm` at
     ``alarm_tolerance``, fired at this epoch), ``exact_alarm`` (the same alarm fed the exact
     ``exact_gen_acc`` and ``exact_non_unification``) and ``sft_near_miss_share``
-    (:func:`near_miss_share` of the arm's final training set). The arms of one pre-trained model
+    (:func:`near_miss_share` of the arm's final training set). A ``weak`` arm is judged by
+    :func:`dynamics.sim.study.weak_pretrained` of the same world and coupling. The arms of one pre-trained model
     share their draws before training (:func:`dynamics.clo.run_clo`'s ``shared_start``: the same
     records as separate runs).
 
@@ -109,11 +117,14 @@ def alarmed_arms(size: SimSize, judges: Sequence[str], *, worlds: Sequence[int] 
     for w in worlds:
         sz = dataclasses.replace(size, world_seed=int(w))
         world, model0 = pretrained(sz, coupling=coupling, perturbation=perturbation, perturb_at=perturb_at)
+        weak = (weak_pretrained(sz, coupling=coupling, perturbation=perturbation, perturb_at=perturb_at)
+                if "weak" in judges else None)
         ref = Reference.of(model0)
         shared: dict = {}
         for j in judges:
             cfg = sz.config(judge=j, **cfg_overrides)
             arm = run_arm(model0, cfg, external=world.oracle, label=j, tags={"world": int(w)}, shared_start=shared,
+                          judge_model=weak,
                           on_epoch=_epoch_hook(world, model0, ref, cfg.threshold, alarm_tolerance))
             share = near_miss_share(arm.data, world.oracle)
             for rec in arm.records:
@@ -137,11 +148,14 @@ def _epoch_hook(world: SimWorld, model, ref: Reference, threshold: float, tolera
 def poor_supervision_scan(size: SimSize, *, couplings: Sequence[str] = COUPLINGS,
                           worlds: Sequence[int] = (0, 1), lookalike_ps: Sequence[float] = LOOKALIKE_PS,
                           precisions: Sequence[float] = PR_PRECISIONS, recall: float = PR_RECALL,
-                          alpha: float = 0.01, alarm_tolerance: float = ALARM_TOLERANCE) -> dict:
+                          weak: Sequence[str] = WEAK_COUPLINGS, alpha: float = 0.01,
+                          alarm_tolerance: float = ALARM_TOLERANCE) -> dict:
     """Poor supervision: ``lookalike:p`` over ``lookalike_ps`` and ``pr:precision,recall`` over
     ``precisions`` at a fixed ``recall``, with the controls, per coupling, each arm read against the
     unfiltered control (phase, Gen, FP, Non, win rate), its realised precision and recall, and the
-    co-degradation alarm's false-alarm and miss rates.
+    co-degradation alarm's false-alarm and miss rates. In the couplings of ``weak`` a ``weak`` arm runs
+    too (:func:`dynamics.sim.study.weak_pretrained`: the same replicas pre-trained for fewer steps; under
+    ``bayes`` an earlier generator's posterior is no weaker a judge, so not by default).
 
     Returns ``{"name": "fig_poor_supervision", "summary": ..., "plot": ...}``. ``summary["rows"]
     [coupling][judge]``: :meth:`dynamics.study.Phase.to_dict` (``gen``, ``fp``, ``exact_non_unification``,
@@ -158,16 +172,16 @@ def poor_supervision_scan(size: SimSize, *, couplings: Sequence[str] = COUPLINGS
     if not 0.0 < recall <= 1.0:
         raise ValueError(f"poor_supervision_scan: recall={recall} must lie in (0, 1]")
     judges = scan_judges(lookalike_ps, precisions, recall)
-    arm_names = ["all", *CONTROLS, *judges]
     rows: dict[str, dict[str, dict]] = {}
     alarm: dict[str, dict] = {}
     for c in couplings:
-        arms = alarmed_arms(size, arm_names, worlds=worlds, coupling=c, alarm_tolerance=alarm_tolerance)
-        rows[c], alarm[c] = read_scan(arms, judges, keys=SIM_KEYS, alpha=alpha)
+        mine = [*judges, "weak"] if c in weak else judges
+        arms = alarmed_arms(size, ["all", *CONTROLS, *mine], worlds=worlds, coupling=c, alarm_tolerance=alarm_tolerance)
+        rows[c], alarm[c] = read_scan(arms, mine, keys=SIM_KEYS, alpha=alpha)
     summary = {"size": dataclasses.asdict(size), "worlds": list(worlds), "couplings": list(couplings),
                "alpha": alpha, "fp_margin": PHASE_FP_MARGIN, "control": "all", "alarm_tolerance": alarm_tolerance,
                "lookalike_ps": list(lookalike_ps), "precisions": list(precisions), "recall": recall,
-               "rows": rows, "alarm": alarm, "keys": SIM_KEYS.to_dict()}
-    plot = {"couplings": list(couplings), "judges": [*CONTROLS, *judges], "scale": "simulator",
+               "weak": [c for c in couplings if c in weak], "rows": rows, "alarm": alarm, "keys": SIM_KEYS.to_dict()}
+    plot = {"couplings": list(couplings), "judges": [*CONTROLS, *judges, "weak"], "scale": "simulator",
             "keys": SIM_KEYS.to_dict()}
     return {"name": "fig_poor_supervision", "summary": summary, "plot": plot}

@@ -23,7 +23,7 @@ Example (the tiny preset, no gap check at this size)::
     >>> from dynamics.toy.experiments import QUICK
     >>> out = toy_poor_supervision(QUICK, couplings=("tied",), lookalike_ps=(1.0,), precisions=(0.5,), recall=0.5)
     >>> sorted(out["summary"]["rows"]["tied"])
-    ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.5', 'self']
+    ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.5', 'self', 'weak']
     >>> sorted(toy_scopes(QUICK, scopes=("all", "trunk"))["summary"]["scopes"])
     ['all', 'trunk']
 """
@@ -52,7 +52,7 @@ from dynamics.study.read import change, paired_difference
 from dynamics.study.supervision import CONTROLS, alarm_recorder, near_miss_share, read_scan
 from dynamics.study.supervision import LOOP_KEYS as SCAN_KEYS
 from dynamics.toy.model import SCOPES
-from dynamics.toy.study import ToySize, _train_ids, pretrained_model
+from dynamics.toy.study import ToySize, _train_ids, pretrained_model, weak_model
 from dynamics.toy.world import TIERS
 
 __all__ = ["TOY_LOOKALIKE_PS", "TOY_PR_PRECISIONS", "TOY_PR_RECALL", "toy_curriculum_map", "toy_curriculum_runs",
@@ -76,8 +76,10 @@ def unit_arms(size: ToySize, configs_for: Callable[[CLOConfig], dict[str, CLOCon
     """For every unit ``(world, seed)`` of ``size`` whose pre-trained model (``coupling``) passes the
     gap check (the others are logged and appended to ``excluded``): the arms ``configs_for(cfg)``
     ``{label: config}`` (``cfg``: the size's recipe with the unit's seed) run from that model
-    (:func:`dynamics.study.run_arms`, records tagged with ``world``); ``after(model, arms)`` may add
-    to the records before they are yielded as ``((world, seed), {label: Arm})``."""
+    (:func:`dynamics.study.run_arms`, records tagged with ``world``; arms with the ``weak`` judge get
+    the unit's :func:`dynamics.toy.study.weak_model`); ``after(model, arms)`` may add to the records
+    before they are yielded as ``((world, seed), {label: Arm})``."""
+    from dynamics.judges import parse_judge
     from dynamics.toy.pretrain import GapError
 
     torch.set_num_threads(1)  # measured fastest for a model this small
@@ -91,7 +93,10 @@ def unit_arms(size: ToySize, configs_for: Callable[[CLOConfig], dict[str, CLOCon
                 excluded.append({"world": w, "seed": s, "reason": str(e)})
             continue
         cfg = dataclasses.replace(size.clo, seed=s)
-        arms = run_arms(model, configs_for(cfg), external=model.world.external_judge(),
+        configs = configs_for(cfg)
+        weak = (weak_model(size, s, coupling=coupling, world=w)
+                if any(parse_judge(c.judge).needs_judge_model for c in configs.values()) else None)
+        arms = run_arms(model, configs, external=model.world.external_judge(), judge_model=weak,
                         train_ids=_train_ids(model, size.train_on), on_epoch_for=on_epoch_for, tags={"world": w})
         if after is not None:
             after(model, arms)
@@ -118,14 +123,18 @@ def _size_dict(size: ToySize) -> dict:
 def toy_poor_supervision(size: ToySize, *, couplings: Sequence[str] = ("tied", "bayes"),
                          lookalike_ps: Sequence[float] = TOY_LOOKALIKE_PS,
                          precisions: Sequence[float] = TOY_PR_PRECISIONS, recall: float = TOY_PR_RECALL,
-                         alpha: float = 0.05, alarm_tolerance: float = ALARM_TOLERANCE) -> dict:
+                         weak: Sequence[str] = ("tied",), alpha: float = 0.05,
+                         alarm_tolerance: float = ALARM_TOLERANCE) -> dict:
     """The poor-supervision scan at the toy scale (the simulator's
     :func:`dynamics.sim.poor_supervision.poor_supervision_scan`, read the same way by
     :func:`dynamics.study.supervision.read_scan` on the loop's sampled metrics): per coupling, the
     judges ``lookalike:p`` and ``pr:q,recall`` with the controls ``all``, ``self``, ``oracle``, each
     read against ``all`` (phase at ``alpha``: few units, so 0.05 by default; Gen, the false positives,
     Non and the win rate beyond the control), with its realised precision, recall and near-miss share
-    and the alarm's false-alarm and miss rates. Returns ``{"name": "fig_toy_poor_supervision",
+    and the alarm's false-alarm and miss rates. In the couplings of ``weak`` a ``weak`` arm runs too:
+    the data judge is the understanding of the same model pre-trained for fewer steps
+    (:func:`dynamics.toy.study.weak_model`; under ``bayes`` an earlier generator's posterior is no
+    weaker a judge, so it is not run there by default). Returns ``{"name": "fig_toy_poor_supervision",
     "summary", "plot"}`` in the shape :func:`dynamics.figures.poor_supervision.draw_poor_supervision`
     draws; ``summary["excluded"]`` lists the units without the gap, per coupling."""
     from dynamics.sim.poor_supervision import scan_judges
@@ -133,7 +142,7 @@ def toy_poor_supervision(size: ToySize, *, couplings: Sequence[str] = ("tied", "
     if not 0.0 < recall <= 1.0:
         raise ValueError(f"toy_poor_supervision: recall={recall} must lie in (0, 1]")
     judges = scan_judges(lookalike_ps, precisions, recall)
-    labels = ["all", *CONTROLS, *judges]
+    labels = ["all", *CONTROLS, *judges, "weak"]
     for j in labels:
         dataclasses.replace(size.clo, judge=j).validate()  # a bad p, precision or recall before any training
     rows, alarm, excluded, units = {}, {}, {}, {}
@@ -146,20 +155,22 @@ def toy_poor_supervision(size: ToySize, *, couplings: Sequence[str] = ("tied", "
 
     for c in couplings:
         excluded[c] = []
-        by_unit = list(unit_arms(size, lambda cfg: {j: dataclasses.replace(cfg, judge=j) for j in labels},
+        mine = labels if c in weak else labels[:-1]
+        by_unit = list(unit_arms(size, lambda cfg, mine=mine: {j: dataclasses.replace(cfg, judge=j) for j in mine},
                                  coupling=c, excluded=excluded[c], after=near,
                                  on_epoch_for=lambda _label, _cfg: alarm_recorder(alarm_tolerance)))
         units[c] = [list(u) for u, _ in by_unit]
         if len(by_unit) < 2:
             log.warning("coupling %s: fewer than two units with the gap, no row", c)
             continue
-        rows[c], alarm[c] = read_scan(_records(by_unit, labels), judges, keys=SCAN_KEYS, alpha=alpha)
+        rows[c], alarm[c] = read_scan(_records(by_unit, mine), [j for j in mine if j not in ("all", *CONTROLS)],
+                                      keys=SCAN_KEYS, alpha=alpha)
     summary = {"size": _size_dict(size), "units": units, "couplings": list(couplings), "alpha": alpha,
                "fp_margin": PHASE_FP_MARGIN, "control": "all", "alarm_tolerance": alarm_tolerance,
                "lookalike_ps": list(lookalike_ps), "precisions": list(precisions), "recall": recall,
-               "rows": rows, "alarm": alarm, "keys": SCAN_KEYS.to_dict(),
+               "weak": [c for c in couplings if c in weak], "rows": rows, "alarm": alarm, "keys": SCAN_KEYS.to_dict(),
                "excluded": {c: e for c, e in excluded.items() if e}}
-    plot = {"couplings": [c for c in couplings if c in rows], "judges": [*CONTROLS, *judges], "scale": "toy world",
+    plot = {"couplings": [c for c in couplings if c in rows], "judges": [*CONTROLS, *judges, "weak"], "scale": "toy world",
             "keys": SCAN_KEYS.to_dict()}
     return {"name": "fig_toy_poor_supervision", "summary": summary, "plot": plot}
 
