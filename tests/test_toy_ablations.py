@@ -103,7 +103,7 @@ def test_toy_scan_records_carry_the_alarm_and_the_near_miss_share():
 def test_a_bad_judge_parameter_is_refused_before_any_training(monkeypatch):
     from dynamics.toy import ablations
 
-    monkeypatch.setattr(ablations, "pretrained_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr("dynamics.toy.study.pretrained_model", lambda *a, **k: pytest.fail("a model was loaded"))
     with pytest.raises(ValueError, match="lookalike"):
         ablations.toy_poor_supervision(QUICK, couplings=("tied",), lookalike_ps=(1.5,), precisions=(0.5,))
     with pytest.raises(ValueError, match="recall"):

@@ -212,8 +212,13 @@ def format_rows(result: dict) -> str:
     keys = s["keys"]
     alarms = keys["alarms"]
 
+    def num(x):  # NaN is written as null in the JSON of a result
+        return math.nan if x is None else x
+
     def pm(v, scale=100.0):
-        return f"{scale * v[0]:+6.1f}±{scale * v[1]:4.1f}" if v and not math.isnan(v[0]) else "     n/a   "
+        if not v or math.isnan(num(v[0])):
+            return "     n/a   "
+        return f"{scale * v[0]:+6.1f}±{scale * num(v[1]):4.1f}"
 
     head = (f"{'coupling':9} {'judge':15} {'phase':15} {'Gen':>11} {'FP':>11} {'Non':>11} {'win-50':>11} | "
             f"{'own Gen':>11} {'own FP':>11} {'own Non':>11} | {'prec':>5} {'rec':>5} {'near':>5} "
@@ -224,8 +229,8 @@ def format_rows(result: dict) -> str:
             vs = (f"{'(control)':15} {'':>11} {'':>11} {'':>11} {'':>11}" if "phase" not in r else
                   f"{r['phase']:15} {pm(r['gen'])} {pm(r['fp'])} {pm(r[keys['non']])} {pm(r['final_' + keys['win']])}")
             lines.append(f"{c:9} {j:15} {vs} | {pm(r['gen_change'])} {pm(r['fp_change'])} {pm(r['non_change'])} | "
-                         f"{r['precision'][0]:5.3f} {r['recall'][0]:5.3f} {r['near_miss_share'][0]:5.3f} "
-                         + " ".join(f"{r[a + '_rate'][0]:5.2f}" for a in alarms))
+                         f"{num(r['precision'][0]):5.3f} {num(r['recall'][0]):5.3f} {num(r['near_miss_share'][0]):5.3f} "
+                         + " ".join(f"{num(r[a + '_rate'][0]):5.2f}" for a in alarms))
         a = s["alarm"][c]
         parts = []
         for key in alarms:

@@ -16,7 +16,7 @@ every metric is the loop's own, sampled and judged by the exact detector:
   of the generation parameters (:data:`dynamics.toy.model.SCOPES`).
 
 Every arm of a unit ``(world, seed)`` runs from that unit's pre-trained model with the same CLO seed
-(:func:`dynamics.study.run_arms`); units whose model lacks the internal gap are left out and listed.
+(:func:`dynamics.toy.study.unit_arms`); units whose model lacks the internal gap are left out and listed.
 
 Example (the tiny preset, no gap check at this size)::
 
@@ -32,12 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Iterator, Sequence
-
-import torch
+from collections.abc import Sequence
 
 from dynamics.clo import CLOConfig
-from dynamics.study import run_arms
 from dynamics.study.curriculum import (
     DPO_OVERRIDES,
     LOOP_KEYS,
@@ -52,11 +49,11 @@ from dynamics.study.read import change, paired_difference
 from dynamics.study.supervision import CONTROLS, alarm_recorder, near_miss_share, read_scan
 from dynamics.study.supervision import LOOP_KEYS as SCAN_KEYS
 from dynamics.toy.model import SCOPES
-from dynamics.toy.study import ToySize, _train_ids, pretrained_model, weak_model
+from dynamics.toy.study import ToySize, unit_arms
 from dynamics.toy.world import TIERS
 
 __all__ = ["TOY_LOOKALIKE_PS", "TOY_PR_PRECISIONS", "TOY_PR_RECALL", "toy_curriculum_map", "toy_curriculum_runs",
-           "toy_poor_supervision", "toy_scopes", "unit_arms"]
+           "toy_poor_supervision", "toy_scopes"]
 
 log = logging.getLogger(__name__)
 
@@ -66,41 +63,10 @@ TOY_PR_RECALL = 0.3  # the simulator scan's fixed recall
 ALARM_TOLERANCE = 0.01  # the entry points' default (--alarm-tolerance)
 
 
-def _quick(size: ToySize) -> bool:
-    return size.preset == "tiny"  # a tiny model has no gap: no check
-
-
-def unit_arms(size: ToySize, configs_for: Callable[[CLOConfig], dict[str, CLOConfig]], *, coupling: str = "tied",
-              on_epoch_for: Callable | None = None, excluded: list | None = None,
-              after: Callable | None = None) -> Iterator[tuple[tuple[int, int], dict]]:
-    """For every unit ``(world, seed)`` of ``size`` whose pre-trained model (``coupling``) passes the
-    gap check (the others are logged and appended to ``excluded``): the arms ``configs_for(cfg)``
-    ``{label: config}`` (``cfg``: the size's recipe with the unit's seed) run from that model
-    (:func:`dynamics.study.run_arms`, records tagged with ``world``; arms with the ``weak`` judge get
-    the unit's :func:`dynamics.toy.study.weak_model`); ``after(model, arms)`` may add to the records
-    before they are yielded as ``((world, seed), {label: Arm})``."""
-    from dynamics.judges import parse_judge
-    from dynamics.toy.pretrain import GapError
-
-    torch.set_num_threads(1)  # measured fastest for a model this small
-    for w, s in size.units():
-        try:
-            model = pretrained_model(size, s, coupling=coupling, check=not _quick(size), world=w,
-                                     threshold=size.clo.threshold)
-        except GapError as e:
-            log.warning("unit (world %d, seed %d) left out: %s", w, s, e)
-            if excluded is not None:
-                excluded.append({"world": w, "seed": s, "reason": str(e)})
-            continue
-        cfg = dataclasses.replace(size.clo, seed=s)
-        configs = configs_for(cfg)
-        weak = (weak_model(size, s, coupling=coupling, world=w)
-                if any(parse_judge(c.judge).needs_judge_model for c in configs.values()) else None)
-        arms = run_arms(model, configs, external=model.world.external_judge(), judge_model=weak,
-                        train_ids=_train_ids(model, size.train_on), on_epoch_for=on_epoch_for, tags={"world": w})
-        if after is not None:
-            after(model, arms)
-        yield (w, s), arms
+def _gap(size: ToySize) -> dict:
+    """The gap check of :func:`dynamics.toy.study.unit_arms`: units without the gap are left out and
+    listed; off at the tiny preset (a tiny model has no gap)."""
+    return {"check": size.preset != "tiny", "skip_no_gap": True}
 
 
 def _records(arms_by_unit, labels: Sequence[str]) -> dict[str, list[dict]]:
@@ -157,7 +123,7 @@ def toy_poor_supervision(size: ToySize, *, couplings: Sequence[str] = ("tied", "
         excluded[c] = []
         mine = labels if c in weak else labels[:-1]
         by_unit = list(unit_arms(size, lambda cfg, mine=mine: {j: dataclasses.replace(cfg, judge=j) for j in mine},
-                                 coupling=c, excluded=excluded[c], after=near,
+                                 coupling=c, excluded=excluded[c], after=near, **_gap(size),
                                  on_epoch_for=lambda _label, _cfg: alarm_recorder(alarm_tolerance)))
         units[c] = [list(u) for u, _ in by_unit]
         if len(by_unit) < 2:
@@ -208,7 +174,8 @@ def toy_curriculum_runs(size: ToySize, *, ns: Sequence[int] = (1, 2, 4, 8, 10), 
                     rec.update(stats[int(rec.get("replica", 0))])
 
     out: dict[str, list[dict]] = {}
-    for _unit, arms in unit_arms(size, configs, coupling=coupling, excluded=excluded, after=bookkeeping):
+    for _unit, arms in unit_arms(size, configs, coupling=coupling, excluded=excluded, after=bookkeeping,
+                                 **_gap(size)):
         for label, arm in arms.items():
             out.setdefault(label, []).extend(arm.records)
     return out
@@ -255,7 +222,7 @@ def toy_scopes(size: ToySize, *, scopes: Sequence[str] = SCOPES, coupling: str =
             counted["n"] = sum(p.numel() for p in model.generation_parameters())
 
         arms = _records(unit_arms(sz, lambda cfg: {j: dataclasses.replace(cfg, judge=j) for j in ("self", "all")},
-                                  coupling=coupling, after=count), ("self", "all"))
+                                  coupling=coupling, after=count, **_gap(sz)), ("self", "all"))
         params[scope] = counted.get("n")
         results[scope] = {k: {"vs_control": paired_difference(arms["self"], arms["all"], k),
                               "self": change(arms["self"], k), "all": change(arms["all"], k)} for k in keys}

@@ -26,7 +26,7 @@ import copy
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +34,7 @@ import torch
 from dynamics.clo import CLOConfig, batch_loss, build_data, replica_seeds, train_batch
 from dynamics.judges import parse_judge
 from dynamics.protocol import check_coupling
-from dynamics.study import change, flatten_groups, judge_configs, paired_difference, perturb, slope
+from dynamics.study import Arm, change, flatten_groups, judge_configs, paired_difference, perturb, slope
 from dynamics.study import run_arms as _run_arms
 from dynamics.study.arms import check_perturb_at
 from dynamics.study.first_order import one_step
@@ -57,6 +57,7 @@ __all__ = [
     "pretrained_model",
     "run_arms",
     "slope",
+    "unit_arms",
     "weak_model",
     "weak_steps",
 ]
@@ -263,29 +264,31 @@ def run_arms(model: ToyModel, cfg: CLOConfig, judges: Sequence[str], *, train_id
     return {label: arm.records for label, arm in arms.items()}
 
 
-def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied", check: bool = True, clo_overrides: dict | None = None, progress: bool = False,
-                perturbation: float = 0.0, perturb_at: str = "pretrained", skip_no_gap: bool = False,
-                excluded: list | None = None, weak_steps: int | None = None
-                ) -> dict[str, list[dict]]:
-    """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (one pre-trained model per
-    unit, shared by its arms; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig` fields);
-    ``{judge: records of all units}``, each record tagged with its ``world``.
+def unit_arms(size: ToySize, configs_for: Callable[[CLOConfig], dict[str, CLOConfig]], *, coupling: str = "tied",
+              check: bool = True, progress: bool = False, perturbation: float = 0.0, perturb_at: str = "pretrained",
+              skip_no_gap: bool = False, excluded: list | None = None, weak_steps: int | None = None,
+              on_epoch_for: Callable | None = None, after: Callable | None = None
+              ) -> Iterator[tuple[tuple[int, int], dict[str, Arm]]]:
+    """The arms of every unit ``(world, seed)`` of ``size``, one pre-trained model per unit shared by its
+    arms: ``configs_for(cfg)`` ``{label: config}`` (``cfg``: the size's recipe with the unit's seed), run
+    from that model (:func:`dynamics.study.run_arms`, judged exactly, records tagged with ``world``,
+    ``on_epoch_for(label, config)``: per-arm epoch callbacks); ``after(model, arms)`` may add to the
+    records; yields ``((world, seed), {label: Arm})``.
 
     ``perturbation > 0`` is the robustness run of a findings test: every weight moved by that relative
     amount, at ``perturb_at="pretrained"`` (the pre-trained weights, before CLO:
     :func:`dynamics.study.perturb`) or ``"init"`` (the initial weights, before pre-training, which
     1,200 steps carry to a different pre-trained model: what another CPU's rounding does). A unit
     whose pre-trained model fails the gap check (:func:`dynamics.toy.pretrain.check_gap`, the
-    precondition the main job enforces too) stops the study, or with ``skip_no_gap`` is left out with
-    a logged reason (appended to ``excluded`` as ``{"world", "seed", "reason"}`` when given): the
-    inclusion criterion of a study, applied before any arm runs. A ``weak`` arm judges with the unit's
-    :func:`weak_model` (``weak_steps`` pre-training steps, default :data:`WEAK_FRACTION` of the run's; perturbed
-    alike)."""
+    precondition the main job enforces too; ``check``) stops the study, or with ``skip_no_gap`` is left
+    out with a logged reason (appended to ``excluded`` as ``{"world", "seed", "reason"}`` when given):
+    the inclusion criterion of a study, applied before any arm runs. A ``weak`` arm judges with the
+    unit's :func:`weak_model` (``weak_steps`` pre-training steps, default :data:`WEAK_FRACTION` of the
+    run's; perturbed alike)."""
     check_perturb_at(perturb_at)
     from dynamics.toy.pretrain import GapError
 
     torch.set_num_threads(1)  # measured fastest for a model this small; more threads only add overhead
-    arms: dict[str, list[dict]] = {j: [] for j in judges}
     for w, s in size.units():
         try:
             model = pretrained_model(size, s, coupling=coupling, check=check,
@@ -298,17 +301,36 @@ def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied",
             if excluded is not None:
                 excluded.append({"world": w, "seed": s, "reason": str(e)})
             continue
-        weak = _weak_for(size, judges, s, weak_steps, coupling=coupling, world=w,
+        configs = configs_for(dataclasses.replace(size.clo, seed=s))
+        weak = _weak_for(size, [c.judge for c in configs.values()], s, weak_steps, coupling=coupling, world=w,
                          perturbation=perturbation if perturb_at == "init" else 0.0)
         if perturbation and perturb_at == "pretrained":
             perturb(model, rel=perturbation, seed=s)
             if weak is not None:
                 perturb(weak, rel=perturbation, seed=s)
-        cfg = dataclasses.replace(size.clo, seed=s, **(clo_overrides or {}))
-        got = run_arms(model, cfg, judges, train_ids=_train_ids(model, size.train_on), tags={"world": w},
-                       judge_model=weak)
+        arms = _run_arms(model, configs, external=model.world.external_judge(), judge_model=weak,
+                         train_ids=_train_ids(model, size.train_on), on_epoch_for=on_epoch_for, tags={"world": w})
+        if after is not None:
+            after(model, arms)
+        yield (w, s), arms
+
+
+def judge_study(size: ToySize, judges: Sequence[str], *, coupling: str = "tied", check: bool = True,
+                clo_overrides: dict | None = None, progress: bool = False, perturbation: float = 0.0,
+                perturb_at: str = "pretrained", skip_no_gap: bool = False, excluded: list | None = None,
+                weak_steps: int | None = None) -> dict[str, list[dict]]:
+    """Every judge's CLO arm on every unit ``(world, seed)`` of ``size`` (:func:`unit_arms`: one
+    pre-trained model per unit, shared by its arms; the robustness options, the gap check and the
+    ``weak`` judge's model are described there; ``clo_overrides`` are :class:`~dynamics.clo.CLOConfig`
+    fields); ``{judge: records of all units}``, each record tagged with its ``world``."""
+    arms: dict[str, list[dict]] = {j: [] for j in judges}
+    for _unit, got in unit_arms(size, lambda cfg: judge_configs(dataclasses.replace(cfg, **(clo_overrides or {})),
+                                                                  judges),
+                                coupling=coupling, check=check, progress=progress, perturbation=perturbation,
+                                perturb_at=perturb_at, skip_no_gap=skip_no_gap, excluded=excluded,
+                                weak_steps=weak_steps):
         for j in judges:
-            arms[j].extend(got[j])
+            arms[j].extend(got[j].records)
     return arms
 
 
