@@ -75,6 +75,35 @@ PRIVATE_KEYS = {
 }
 
 
+class _RowBroadcast(torch.autograd.Function):
+    """``x`` ``(R, 1, V)`` broadcast to ``index.shape`` ``(R, B, V)`` (``index`` all zeros) with the backward of
+    ``torch.gather(x, 1, index)``: a scatter-add that sums the rows' gradients one after another.
+
+    Written out because neither torch op fits: a gather gives these numbers but copies the rows in
+    the forward pass; a plain broadcast's backward sums the rows in another order (rounds differently).
+    """
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, index):
+        return x.expand(index.shape)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+        ctx.x_shape, ctx.out_shape = inputs[0].shape, output.shape
+
+    @staticmethod
+    def backward(ctx, grad):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros(ctx.x_shape).scatter_add_(1, index, grad), None  # as torch's gather backward
+
+    @staticmethod
+    def jvp(ctx, x_t, _index_t):
+        return x_t.expand(ctx.out_shape)
+
+
 class SimModel(nn.Module):
     """``R`` single-token unified models over a :class:`~dynamics.sim.world.SimWorld`.
 
@@ -289,20 +318,40 @@ class SimModel(nn.Module):
         own = logp[r, prompt_ids[None, :, None], tokens]
         return own - log_marg[r, tokens]
 
+    def bayes_logit(self, logp: torch.Tensor, prompt_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Logit of the ``bayes`` understanding's ``P(yes)`` for every token, ``(R, B, V)``, from ``logp``
+        ``(R, P, V)``: the log-softmax of its scorer's generation logits over every prompt (for ``bayes``
+        the generation branch's own, :meth:`gen_logits` of ``arange(P)``). Differentiable.
+
+        :meth:`und_logit` without images is this of its own forward pass; a caller that already has
+        the generation log-probs (pre-training, which trains both) saves that forward.
+        ``prompt_ids``: the rows ``B`` (every prompt, ``B = P``, if ``None``).
+
+        >>> from dynamics.sim import SimWorld
+        >>> m = SimModel(SimWorld(8, 8), replicas=2)
+        >>> logp = torch.log_softmax(m.gen_logits(torch.arange(8)), -1)
+        >>> torch.equal(m.bayes_logit(logp), m.und_logit(torch.arange(8)))
+        True
+        """
+        if self.understanding != "bayes":
+            raise ValueError(f"bayes_logit: the {self.coupling!r} coupling's understanding is a yes/no head, not bayes")
+        if prompt_ids is None:
+            prompt_ids = torch.arange(self.num_prompts, device=logp.device)
+        log_marg = torch.logsumexp(logp, dim=1)  # (R, V)
+        own = logp if self._all_prompts(prompt_ids) else logp[:, prompt_ids]
+        # a gather's backward, not a broadcast's: it sums over the prompts one after another, as the
+        # gather of the general path of _und_logit does (a broadcast's backward sums in another order)
+        rows = torch.zeros((), dtype=torch.long, device=prompt_ids.device).expand(*own.shape)
+        pmi = own - _RowBroadcast.apply(log_marg[:, None, :], rows) + math.log(self.num_prompts)
+        return self.bayes_scale * (pmi - self.bayes_offset)
+
     def _und_logit(self, p, prompt_ids, tokens):
         """``(R, B, K)`` logit of ``P(yes)`` for ``tokens`` ``(R, B, K)`` and their prompts
         (``tokens=None``: every token, ``(R, B, V)``)."""
         t = self._und_view(p)
         if tokens is None and self.understanding == "bayes":  # the full table, without per-token gathers
             all_ids = torch.arange(self.num_prompts, device=prompt_ids.device)
-            logp = torch.log_softmax(self._gen_logits(t, all_ids), dim=-1)  # (R, P, V)
-            log_marg = torch.logsumexp(logp, dim=1)  # (R, V)
-            own = logp if self._all_prompts(prompt_ids) else logp[:, prompt_ids]
-            # a gather, not a broadcast: its backward sums over the prompts one after another, as the
-            # gather of the general path below does (a broadcast's backward sums in another order)
-            rows = torch.zeros((), dtype=torch.long, device=prompt_ids.device).expand(*own.shape)
-            pmi = own - torch.gather(log_marg[:, None, :], 1, rows) + math.log(self.num_prompts)
-            return self.bayes_scale * (pmi - self.bayes_offset)
+            return self.bayes_logit(torch.log_softmax(self._gen_logits(t, all_ids), dim=-1), prompt_ids)
         if self.understanding == "bayes":
             pmi = self._posterior_logp(t, prompt_ids, tokens) + math.log(self.num_prompts)
             return self.bayes_scale * (pmi - self.bayes_offset)

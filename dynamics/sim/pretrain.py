@@ -133,13 +133,28 @@ def pretrain(world, model, *, steps: int = 200, gap: float = 0.3, seed: int = 0,
     sign = torch.where(pos > 0, -1.0, 1.0).to(pos.dtype)
     all_ids = torch.arange(P, device=device)
     target = data["gen_target"].to(device, model.prompt_features.dtype)
+    # the bayes understanding is a function of the generation log-probs: one forward pass serves both
+    # objectives (see below)
+    shared = model.understanding == "bayes"
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         opt.zero_grad(set_to_none=True)
-        logit = model.und_logit(all_ids)  # (R, P, V): the full table
+        if shared:
+            logp = torch.log_softmax(model.gen_logits(all_ids), -1)  # (R, P, V)
+            und_in, gen_in = logp.detach().requires_grad_(), logp.detach().requires_grad_()
+            logit, gen_logp = model.bayes_logit(und_in), gen_in
+        else:
+            logit = model.und_logit(all_ids)  # (R, P, V): the full table
+            gen_logp = torch.log_softmax(model.gen_logits(all_ids), -1)
         und_loss = (weight * torch.nn.functional.softplus(sign * logit)).sum()
-        gen_loss = -(target * torch.log_softmax(model.gen_logits(all_ids), -1)).sum(-1).mean(-1).sum()
+        gen_loss = -(target * gen_logp).sum(-1).mean(-1).sum()
         (und_loss + gen_weight * gen_loss).backward()
+        if shared:
+            # one backward pass per objective, so each parameter gets the sum of the two objectives'
+            # gradients, the numbers of two separate forward passes (one backward pass of the summed
+            # log-prob gradient would round differently)
+            logp.backward(und_in.grad, retain_graph=True)
+            logp.backward(gen_in.grad)
         opt.step()
     return {k: v.tolist() for k, v in exact_metrics(world, model, threshold=threshold).items()}
 
