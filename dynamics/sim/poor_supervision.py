@@ -67,6 +67,7 @@ __all__ = [
     "WEAK_COUPLINGS",
     "alarmed_arms",
     "format_rows",
+    "kernel_signs",
     "near_miss_share",
     "poor_supervision_scan",
     "scan_judges",
@@ -133,6 +134,36 @@ def alarmed_arms(size: SimSize, judges: Sequence[str], *, worlds: Sequence[int] 
     return out
 
 
+def kernel_signs(size: SimSize, judges: Sequence[str], *, coupling: str | None = None, world: int = 0,
+                 tol: float = 1e-3) -> dict[str, dict]:
+    """The kernel module's first-order prediction of the understanding's change under each judge's
+    training set, before training, against one measured epoch (:func:`dynamics.transfer.sim_transfer`,
+    world ``world``, plain SGD at the scan's rate): per judge, on the misaligned probes and on the
+    pre-trained model's false positives, the predicted and measured mean change of ``log P(yes)``
+    (Proposition 1: near-miss positives should raise it) with the sign agreement per probe
+    (``(mean, s.e., replicas)``), and the sign agreement over every probe. The ``weak`` judge (no
+    judge slot in that experiment) is left out.
+
+    >>> out = kernel_signs(SimSize.tiny(epochs=1), ["all"])
+    >>> sorted(out["all"])
+    ['fp', 'misaligned', 'sign_agreement']
+    """
+    from dynamics.transfer import sim_transfer
+
+    sz = dataclasses.replace(size, world_seed=int(world))
+    w, model0 = pretrained(sz, coupling=coupling)
+    out = {}
+    for j in judges:
+        if j == "weak":
+            continue
+        s = sim_transfer(w, model0, sz.config(judge=j, optimizer="sgd"), tol=tol)["summary"]
+        nan = (float("nan"), float("nan"), 0)
+        out[j] = {kind: {k: tuple(s["by_kind"][kind][k]) if kind in s["by_kind"] else nan
+                         for k in ("pred_delta_u", "delta_u", "sign_agreement")} for kind in ("misaligned", "fp")}
+        out[j]["sign_agreement"] = tuple(s.get("sign_agreement", nan))
+    return out
+
+
 def _epoch_hook(world: SimWorld, model, ref: Reference, threshold: float, tolerance: float):
     """The ``on_epoch`` of one arm: the exact metrics, then the loop's alarm and one fed the exact
     ``exact_gen_acc`` and ``exact_non_unification``."""
@@ -149,13 +180,16 @@ def poor_supervision_scan(size: SimSize, *, couplings: Sequence[str] = COUPLINGS
                           worlds: Sequence[int] = (0, 1), lookalike_ps: Sequence[float] = LOOKALIKE_PS,
                           precisions: Sequence[float] = PR_PRECISIONS, recall: float = PR_RECALL,
                           weak: Sequence[str] = WEAK_COUPLINGS, alpha: float = 0.01,
-                          alarm_tolerance: float = ALARM_TOLERANCE) -> dict:
+                          alarm_tolerance: float = ALARM_TOLERANCE, kernel: bool = True) -> dict:
     """Poor supervision: ``lookalike:p`` over ``lookalike_ps`` and ``pr:precision,recall`` over
     ``precisions`` at a fixed ``recall``, with the controls, per coupling, each arm read against the
     unfiltered control (phase, Gen, FP, Non, win rate), its realised precision and recall, and the
     co-degradation alarm's false-alarm and miss rates. In the couplings of ``weak`` a ``weak`` arm runs
     too (:func:`dynamics.sim.study.weak_pretrained`: the same replicas pre-trained for fewer steps; under
-    ``bayes`` an earlier generator's posterior is no weaker a judge, so not by default).
+    ``bayes`` an earlier generator's posterior is no weaker a judge, so not by default). With
+    ``kernel``, each row also has ``kernel``: the first-order prediction of the sign of the
+    understanding's change on misaligned probes and false positives under that judge's data, against a
+    measured epoch (:func:`kernel_signs`, the first world).
 
     Returns ``{"name": "fig_poor_supervision", "summary": ..., "plot": ...}``. ``summary["rows"]
     [coupling][judge]``: :meth:`dynamics.study.Phase.to_dict` (``gen``, ``fp``, ``exact_non_unification``,
@@ -178,6 +212,9 @@ def poor_supervision_scan(size: SimSize, *, couplings: Sequence[str] = COUPLINGS
         mine = [*judges, "weak"] if c in weak else judges
         arms = alarmed_arms(size, ["all", *CONTROLS, *mine], worlds=worlds, coupling=c, alarm_tolerance=alarm_tolerance)
         rows[c], alarm[c] = read_scan(arms, mine, keys=SIM_KEYS, alpha=alpha)
+        if kernel:
+            for j, k in kernel_signs(size, ["all", *CONTROLS, *mine], coupling=c, world=worlds[0]).items():
+                rows[c][j]["kernel"] = k
     summary = {"size": dataclasses.asdict(size), "worlds": list(worlds), "couplings": list(couplings),
                "alpha": alpha, "fp_margin": PHASE_FP_MARGIN, "control": "all", "alarm_tolerance": alarm_tolerance,
                "lookalike_ps": list(lookalike_ps), "precisions": list(precisions), "recall": recall,

@@ -205,6 +205,16 @@ def read_scan(arms: Mapping[str, Sequence[dict]], judges: Sequence[str], *, keys
     return rows, alarm
 
 
+def _kernel(k: dict | None, num) -> str:
+    """The first-order prediction of a row (``kernel``), where the scan computed one: the predicted and
+    measured mean change of ``log P(yes)`` on misaligned probes and false positives."""
+    if not k:
+        return ""
+    part = [f"{kind} dU pred {num(k[kind]['pred_delta_u'][0]):+.4f} meas {num(k[kind]['delta_u'][0]):+.4f}"
+            for kind in ("misaligned", "fp")]
+    return " | " + ", ".join(part) + f", sign agreement {num(k['sign_agreement'][0]):.2f}"
+
+
 def format_rows(result: dict) -> str:
     """A scan's result (``summary["rows"]`` ``{coupling: rows}``, ``summary["alarm"]``,
     ``summary["keys"]``) as a text table: points beyond the control, mean ± s.e."""
@@ -230,7 +240,7 @@ def format_rows(result: dict) -> str:
                   f"{r['phase']:15} {pm(r['gen'])} {pm(r['fp'])} {pm(r[keys['non']])} {pm(r['final_' + keys['win']])}")
             lines.append(f"{c:9} {j:15} {vs} | {pm(r['gen_change'])} {pm(r['fp_change'])} {pm(r['non_change'])} | "
                          f"{num(r['precision'][0]):5.3f} {num(r['recall'][0]):5.3f} {num(r['near_miss_share'][0]):5.3f} "
-                         + " ".join(f"{num(r[a + '_rate'][0]):5.2f}" for a in alarms))
+                         + " ".join(f"{num(r[a + '_rate'][0]):5.2f}" for a in alarms) + _kernel(r.get("kernel"), num))
         a = s["alarm"][c]
         parts = []
         for key in alarms:
