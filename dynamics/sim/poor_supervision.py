@@ -26,12 +26,13 @@ Example (a tiny world)::
 
     >>> from dynamics.sim.study import SimSize
     >>> out = poor_supervision_scan(SimSize.tiny(epochs=1), couplings=("bayes",), worlds=(0,),
-    ...                             lookalike_ps=(1.0,), precisions=(0.5,), recall=0.8)
+    ...                             lookalike_ps=(1.0,), precisions=(0.5,), recall=0.8, kernel=False)
     >>> sorted(out["summary"]["rows"]["bayes"])
     ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.8', 'self']
-    >>> "weak" in poor_supervision_scan(SimSize.tiny(epochs=1), couplings=("tied",), worlds=(0,), lookalike_ps=(),
-    ...                                 precisions=())["summary"]["rows"]["tied"]
-    True
+    >>> rows = poor_supervision_scan(SimSize.tiny(epochs=1), couplings=("tied",), worlds=(0,), lookalike_ps=(),
+    ...                              precisions=())["summary"]["rows"]["tied"]
+    >>> "weak" in rows, sorted(rows["self"]["kernel"])
+    (True, ['fp', 'misaligned', 'sign_agreement'])
     >>> row = out["summary"]["rows"]["bayes"]["lookalike:1"]
     >>> row["phase"] in ("co-improvement", "co-degradation", "drift", "no transfer", "undetermined")
     True
