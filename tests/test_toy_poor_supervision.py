@@ -1,0 +1,133 @@
+"""Poor supervision at the toy scale: judges that fail the way real judges fail, read against the
+unfiltered control in the toy world's default (tied) network.
+
+Pre-registered from an exploration on world 0 seeds 0-2 (``python paper_figures/fig_toy_poor_supervision.py``:
+three units, beyond the unfiltered control, points, mean ± s.e.) and confirmed here on seven units the
+exploration did not see: world 0 seeds 3-4, world 1 seeds 0-2 and world 2 seeds 0-2, of which those that
+pass the gap check enter (at least six required; world 1 seed 2 failed it where this was written), one
+CLO round of the default recipe, every arm from the same weights and seed. One-sided paired t (n - 1
+df) at alpha = 0.01, Holm over the family; every claim again with the pre-trained weights moved by a
+relative 1e-6 (``dynamics.study.perturb``).
+
+Exploration (tied): ``pr:0.5,0.3`` (precision 0.50, recall 0.31, 99.5 % of its errors near misses) Gen
++2.1 ± 0.8, false positives -0.2 ± 0.9, Non -1.4 ± 1.2: near-miss positives halve the gain but do not
+reverse it, and the understanding does not follow. ``pr:0.3,0.3`` (59 % near misses) Gen -3.9 ± 0.2,
+false positives +0.4 ± 0.7, Non +4.0 ± 0.2: generation degrades and Non sees it. ``lookalike:1``
+(precision 0.73) Gen +4.5 ± 0.8 against the oracle's +7.5 ± 1.1, false positives -0.8 ± 0.3 against
+-0.7 ± 0.3. Under the Bayes link the same pattern (``pr:0.5,0.3`` Gen +2.1, false positives -1.1 ± 0.6).
+No arm co-degraded; the alarm fired in no ``self`` or ``oracle`` unit (0 of 6) and missed every
+degrading unit (its Non rose, which the alarm does not need to flag).
+
+Pre-registered claims (Holm over the four):
+
+1. a judge whose errors are near misses at precision 0.5 still raises Gen beyond the unfiltered control;
+2. a judge of precision 0.3 lowers Gen beyond the control ...
+3. ... and Non rises beyond it: the intrinsic metric sees this degradation;
+4. near misses cost generation: ``lookalike:1`` raises Gen less than the exact judge.
+
+On the seven confirmation units only claim 4 held (Gen -2.2 ± 0.3 points against the exact judge,
+p 0.001). Claims 1-3 pointed the exploration's way but were not significant at alpha = 0.01 (Holm):
++1.8 ± 0.6 (p 0.032), -2.4 ± 1.0 (p 0.055), +2.2 ± 1.3 (p 0.066). They are kept as what they are:
+tested below as not significant, not re-fitted to these units.
+
+Claims of the paper that do not hold here either (each not significant at alpha = 0.01 in both runs:
+absence of evidence, the weaker kind of "does not hold"):
+
+5. near misses alone raise the understanding's false positives (beyond the exact judge);
+6. a near-miss judge of precision 0.5 raises the false positives beyond the control (co-degradation).
+
+The perturbed run moves the training losses but, at this size, flips no sampled token or verdict: its
+records equal the unperturbed ones.
+
+Slow (``make test-slow``): about 35 CLO rounds per run and three pre-trainings a fresh machine has
+not cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from dynamics.study.claims import Claim, check, summary_lines
+from dynamics.toy.study import TOY_CLO, ToySize, judge_study
+
+torch.set_num_threads(1)
+
+pytestmark = pytest.mark.slow
+
+UNITS = ((0, 3), (0, 4), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2))  # not seen by the exploration
+MIN_UNITS = 6
+PERTURBATION = 1e-6
+NEAR, GENERIC = "pr:0.5,0.3", "pr:0.3,0.3"
+JUDGES = ("all", "oracle", "lookalike:1", NEAR, GENERIC)
+
+
+def _size():
+    from tests.conftest import TOY_CACHE
+
+    return ToySize(unit_list=UNITS, cache_dir=TOY_CACHE,
+                   clo=dataclasses.replace(TOY_CLO, progress=False, eval_every=TOY_CLO.epochs))
+
+
+@pytest.fixture(scope="module")
+def arms():
+    return judge_study(_size(), JUDGES, skip_no_gap=True)
+
+
+@pytest.fixture(scope="module")
+def perturbed():
+    return judge_study(_size(), JUDGES, skip_no_gap=True, perturbation=PERTURBATION)
+
+
+PREREGISTERED = [
+    Claim("a near-miss judge of precision 0.5 still raises Gen beyond the unfiltered control", NEAR, "gen_acc",
+          "greater", control="all"),
+    Claim("a judge of precision 0.3 lowers Gen beyond the control", GENERIC, "gen_acc", "less", control="all"),
+    Claim("... and Non rises beyond it", GENERIC, "non_unification", "greater", control="all"),
+    Claim("near misses cost generation: lookalike:1 raises Gen less than the exact judge", "lookalike:1", "gen_acc",
+          "less", control="oracle"),
+]
+HELD = (3,)  # the indices of PREREGISTERED that held on the confirmation units; the others did not
+DO_NOT_HOLD = [
+    Claim("near misses alone raise the false positives beyond the exact judge", "lookalike:1", "und_fp_rate",
+          "greater", control="oracle"),
+    Claim("a near-miss judge of precision 0.5 raises the false positives beyond the control", NEAR, "und_fp_rate",
+          "greater", control="all"),
+]
+
+
+def _units(a) -> int:
+    return len({(r["world"], r["seed"]) for r in a["all"]})
+
+
+def test_near_miss_positives_cost_generation_and_the_rest_does_not_confirm(arms, perturbed):
+    first, second = check(PREREGISTERED, arms), check(PREREGISTERED, perturbed)
+    text = summary_lines(first, second)
+    assert _units(arms) >= MIN_UNITS and _units(perturbed) == _units(arms), text
+    for i, (a, b) in enumerate(zip(first, second)):
+        assert a.holds == b.holds == (i in HELD), "\n" + text
+
+
+def test_the_papers_co_degradation_does_not_show_in_the_toy(arms, perturbed):
+    first, second = check(DO_NOT_HOLD, arms, correct=False), check(DO_NOT_HOLD, perturbed, correct=False)
+    text = summary_lines(first, second)
+    assert not any(v.holds for v in first + second), "a co-degradation claim became significant:\n" + text
+
+
+def test_the_pr_judges_realise_their_precision_and_recall(arms):
+    """The loop's audit: each ``pr`` arm's training set has its set recall on every unit, and its set
+    precision where the pool holds enough misaligned candidates. Precision 0.3 at recall 0.3 needs 0.7
+    misaligned candidates per aligned one in the pool; a toy model that is right on about two samples
+    in three offers about 0.5, so the judge accepts every misaligned candidate and realises a higher
+    precision (0.32 on average in the exploration) instead."""
+    for spec, (q, rec) in ((NEAR, (0.5, 0.3)), (GENERIC, (0.3, 0.3))):
+        first = [r for r in arms[spec] if r["epoch"] == 0]
+        assert len(first) == _units(arms)
+        assert all(abs(r["sft_recall"] - rec) < 0.03 for r in first), spec
+        if spec == NEAR:
+            assert all(abs(r["sft_precision"] - q) < 0.03 for r in first), spec
+        else:
+            assert all(r["sft_precision"] > q - 0.03 for r in first), spec
+            assert sum(r["sft_precision"] for r in first) / len(first) > q, spec  # the pool's limit, above q
