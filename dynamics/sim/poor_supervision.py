@@ -30,9 +30,9 @@ Example (a tiny world)::
     >>> sorted(out["summary"]["rows"]["bayes"])
     ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.8', 'self']
     >>> rows = poor_supervision_scan(SimSize.tiny(epochs=1), couplings=("tied",), worlds=(0,), lookalike_ps=(),
-    ...                              precisions=())["summary"]["rows"]["tied"]
-    >>> "weak" in rows, sorted(rows["self"]["kernel"])
-    (True, ['fp', 'misaligned', 'sign_agreement'])
+    ...                              precisions=(), kernel=False)["summary"]["rows"]["tied"]
+    >>> "weak" in rows
+    True
     >>> row = out["summary"]["rows"]["bayes"]["lookalike:1"]
     >>> row["phase"] in ("co-improvement", "co-degradation", "drift", "no transfer", "undetermined")
     True

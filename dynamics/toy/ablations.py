@@ -21,11 +21,10 @@ Every arm of a unit ``(world, seed)`` runs from that unit's pre-trained model wi
 Example (the tiny preset, no gap check at this size)::
 
     >>> from dynamics.toy.experiments import QUICK
-    >>> out = toy_poor_supervision(QUICK, couplings=("tied",), lookalike_ps=(1.0,), precisions=(0.5,), recall=0.5)
-    >>> sorted(out["summary"]["rows"]["tied"])
-    ['all', 'lookalike:1', 'oracle', 'pr:0.5,0.5', 'self', 'weak']
     >>> sorted(toy_scopes(QUICK, scopes=("all", "trunk"))["summary"]["scopes"])
     ['all', 'trunk']
+
+(``tests/test_toy_ablations.py`` runs the poor-supervision scan on the same tiny size.)
 """
 
 from __future__ import annotations
