@@ -66,7 +66,7 @@ import torch
 
 from dynamics.metrics import accepts
 
-__all__ = ["JUDGE_KINDS", "Judge", "near_misses", "parse_judge"]
+__all__ = ["JUDGE_KINDS", "Judge", "near_misses", "parse_judge", "weak_judge_steps"]
 
 JUDGE_KINDS = ("self", "oracle", "external", "all", "noisy", "corrupt", "lookalike", "pr", "weak")
 _EXPECTED = "self, oracle, external, all, noisy:<p>, corrupt:<p>, lookalike:<p>, pr:<precision>,<recall>, weak"
@@ -273,3 +273,17 @@ def parse_judge(spec: str) -> Judge:
     if arg:
         raise ValueError(f"judge {spec!r} takes no argument")
     return Judge(kind)
+
+
+def weak_judge_steps(full: int, fraction: float, steps: int | None = None) -> int:
+    """The pre-training steps of the ``weak`` judge of a run pre-trained for ``full`` steps: ``steps``,
+    or by default ``fraction`` of ``full`` (at least 1). A ValueError names a count outside ``1..full``.
+
+    >>> weak_judge_steps(300, 1 / 15), weak_judge_steps(300, 1 / 15, 120)
+    (20, 120)
+    """
+    n = max(1, round(fraction * full)) if steps is None else steps
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full:
+        raise ValueError(f"weak judge: pre-training steps {n!r} must be an integer in 1..{full} (the run's "
+                         f"pre-training steps): the weak judge is the model with less understanding pre-training")
+    return n

@@ -14,7 +14,8 @@ from dynamics.figures.sim import write_curves
 from dynamics.records import RunDir
 from dynamics.report import summary_table
 
-__all__ = ["check_size", "clean_errors", "default_out", "finish", "memory_limit", "run_dir", "write_bayes_link"]
+__all__ = ["check_size", "clean_errors", "default_out", "finish", "memory_limit", "report_weak_judge", "run_dir",
+           "write_bayes_link"]
 
 
 def clean_errors(fn):
@@ -164,3 +165,14 @@ def write_bayes_link(out: Path, before: list[dict], after: list[dict], *, stream
     print(f"distance from the Bayes link (Spearman of log P(yes) against the generator's posterior log pi(y | x)): "
           f"{show(before)} before -> {show(after)} after ({path.name})", file=stream or sys.stdout)
     return path
+
+
+def report_weak_judge(steps: int, weak: float, own: float, what: str) -> None:
+    """Print the balanced accuracy of the ``weak`` judge's verdicts (``steps`` pre-training steps) beside
+    the model's own (``what``: on which samples, how measured); warn when it is no weaker a judge."""
+    print(f"weak judge ({steps} pre-training steps): balanced accuracy of its verdicts {weak:.3f}, the model's own "
+          f"{own:.3f} ({what})")
+    if not weak < own:
+        warnings.warn(f"--judge weak: the checkpoint of {steps} pre-training steps is no weaker a judge than the model's "
+                      f"own understanding (balanced accuracy {weak:.3f} against {own:.3f}); lower "
+                      f"--weak-pretrain-steps for a weaker one", RuntimeWarning, stacklevel=3)

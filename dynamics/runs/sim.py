@@ -30,7 +30,14 @@ from dynamics.cli import (
     run_identity,
 )
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.runs.common import check_size, clean_errors, finish, run_dir, write_bayes_link
+from dynamics.runs.common import (
+    check_size,
+    clean_errors,
+    finish,
+    report_weak_judge,
+    run_dir,
+    write_bayes_link,
+)
 from dynamics.sim.model import COUPLINGS
 from dynamics.trackers import add_tracking_flags, tracking_hook
 
@@ -92,7 +99,6 @@ def weak_judge(args: argparse.Namespace, world, model, cfg: CLOConfig):
     :data:`dynamics.sim.study.WEAK_FRACTION` of ``--pretrain-steps``), and the exact quality of its
     verdicts and of the model's own on the model's candidates (:func:`dynamics.sim.study.weak_judge_quality`).
     Warns when it is no weaker a judge than the model's own understanding."""
-    import warnings
 
     from dynamics.judges import parse_judge
     from dynamics.sim.study import SimSize, weak_judge_quality, weak_steps
@@ -104,12 +110,8 @@ def weak_judge(args: argparse.Namespace, world, model, cfg: CLOConfig):
     report = {"pretrain_steps": steps, "weak": weak_judge_quality(world, model, weak, threshold=cfg.threshold),
               "own": weak_judge_quality(world, model, model, threshold=cfg.threshold)}
     mean = {k: sum(report[k]["balanced_acc"]) / len(report[k]["balanced_acc"]) for k in ("weak", "own")}
-    print(f"weak judge ({steps} pre-training steps): balanced accuracy of its verdicts on the model's candidates "
-          f"{mean['weak']:.3f}, the model's own {mean['own']:.3f} (exact, mean over {args.seeds} seed(s))")
-    if not mean["weak"] < mean["own"]:
-        warnings.warn(f"--judge weak: the checkpoint of {steps} pre-training steps is no weaker a judge than the model's "
-                      f"own understanding (balanced accuracy {mean['weak']:.3f} against {mean['own']:.3f}; coupling "
-                      f"{args.coupling}); lower --weak-pretrain-steps for a weaker one", RuntimeWarning, stacklevel=2)
+    report_weak_judge(steps, mean["weak"], mean["own"], f"on the model's candidates, exact, mean over {args.seeds} "
+                                                        f"seed(s), coupling {args.coupling}")
     return weak, report
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from dynamics.clo import CLOConfig, run_clo
-from dynamics.runs.common import finish, write_bayes_link
+from dynamics.runs.common import finish, report_weak_judge, write_bayes_link
 from dynamics.trackers import tracking_hook
 
 __all__ = ["run_toy", "toy_model", "toy_size", "weak_judge"]
@@ -51,7 +51,6 @@ def weak_judge(args, model, cfg: CLOConfig, seed: int):
     :data:`dynamics.toy.study.WEAK_FRACTION` of the run's; cached), and the quality of its verdicts and
     of the model's own on the model's samples (:func:`dynamics.toy.study.judge_quality`). Warns when it
     is no weaker a judge than the model's own understanding."""
-    import warnings
 
     from dynamics.judges import parse_judge
     from dynamics.toy.study import judge_quality, weak_model, weak_steps
@@ -63,13 +62,8 @@ def weak_judge(args, model, cfg: CLOConfig, seed: int):
     weak = weak_model(size, seed, steps=steps, coupling=args.coupling, progress=not args.no_progress)
     kw = {"n": cfg.candidates, "seed": seed, "threshold": cfg.threshold}
     report = {"pretrain_steps": steps, "weak": judge_quality(model, weak, **kw), "own": judge_quality(model, model, **kw)}
-    w, o = report["weak"]["balanced_acc"], report["own"]["balanced_acc"]
-    print(f"weak judge ({steps} pre-training steps, seed {seed}): balanced accuracy of its verdicts on the model's "
-          f"samples {w:.3f}, the model's own {o:.3f} ({report['own']['n']} samples, exact detector)")
-    if not w < o:
-        warnings.warn(f"--judge weak: the checkpoint of {steps} pre-training steps is no weaker a judge than the model's "
-                      f"own understanding (balanced accuracy {w:.3f} against {o:.3f}); lower --weak-pretrain-steps for "
-                      f"a weaker one", RuntimeWarning, stacklevel=2)
+    report_weak_judge(steps, report["weak"]["balanced_acc"], report["own"]["balanced_acc"],
+                      f"seed {seed}, on the model's {report['own']['n']} samples, exact detector")
     return weak, report
 
 

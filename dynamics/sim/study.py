@@ -231,11 +231,9 @@ def weak_steps(size: SimSize, steps: int | None = None) -> int:
     >>> weak_steps(SimSize()), weak_steps(SimSize(), 120)
     (20, 120)
     """
-    n = max(1, round(WEAK_FRACTION * size.pretrain_steps)) if steps is None else steps
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= size.pretrain_steps:
-        raise ValueError(f"weak judge: pre-training steps {n!r} must be an integer in 1..{size.pretrain_steps} (the "
-                         f"run's pre-training steps): the weak judge is the model with less understanding pre-training")
-    return n
+    from dynamics.judges import weak_judge_steps
+
+    return weak_judge_steps(size.pretrain_steps, WEAK_FRACTION, steps)
 
 
 def weak_pretrained(

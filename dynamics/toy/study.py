@@ -189,11 +189,9 @@ def weak_steps(size: ToySize, steps: int | None = None, *, coupling: str = "tied
     (750, 2)
     """
     full = size.pretrain_steps if size.pretrain_steps is not None else size.config(coupling, world).steps
-    n = max(1, round(WEAK_FRACTION * full)) if steps is None else steps
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= full:
-        raise ValueError(f"weak judge: pre-training steps {n!r} must be an integer in 1..{full} (the run's "
-                         f"pre-training steps): the weak judge is the model with less understanding pre-training")
-    return n
+    from dynamics.judges import weak_judge_steps
+
+    return weak_judge_steps(full, WEAK_FRACTION, steps)
 
 
 def weak_model(size: ToySize, seed: int, *, steps: int | None = None, coupling: str = "tied", world: int = 0,
