@@ -44,7 +44,7 @@ from dynamics.study.curriculum import (
     summarise_curriculum,
 )
 from dynamics.study.phase import PHASE_FP_MARGIN
-from dynamics.study.read import change, paired_difference
+from dynamics.study.read import change, last_epoch, paired_difference
 from dynamics.study.supervision import CONTROLS, alarm_recorder, near_miss_share, read_scan
 from dynamics.study.supervision import LOOP_KEYS as SCAN_KEYS
 from dynamics.toy.model import SCOPES
@@ -168,7 +168,7 @@ def toy_curriculum_runs(size: ToySize, *, ns: Sequence[int] = (1, 2, 4, 8, 10), 
         tiers = {k: v for k, v in model.prompts.groups().items() if k.startswith("tier:")}
         for arm in arms.values():
             stats = replay_stats(arm, tiers)
-            end = max(int(r["epoch"]) for r in arm.records)
+            end = last_epoch(arm.records)
             for rec in arm.records:
                 if int(rec["epoch"]) == end:
                     rec.update(stats[int(rec.get("replica", 0))])
