@@ -102,7 +102,8 @@ def _worker(out_dir):
     res["unwrapped_records"] = records_json(run_clo(drift, CFG, external=drift.table.oracle).metrics)
     res["unwrapped_spread"] = _spread(drift)
     (Path(out_dir) / f"rank{info.rank}.json").write_text(json.dumps(res))
-    torch.distributed.destroy_process_group()
+    del model, drift  # the DDP module holds the process group: released before it is ended
+    D.finish_distributed()
 
 
 def free_port():

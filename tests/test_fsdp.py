@@ -80,7 +80,8 @@ def _worker(out_dir: str, mode: str, family: str) -> None:
 
     run_clo(model, CLOConfig(batch_size=BATCH, **CFG), out_dir=str(Path(out_dir) / "run"), resume=mode == "resume",
             run_info={"world_size": info.world_size}, on_epoch=kill_after_first_epoch if info.rank == 0 else None)
-    torch.distributed.destroy_process_group()
+    del model, params  # the sharded module holds the process group: released before it is ended
+    D.finish_distributed()
 
 
 def _free_port() -> int:

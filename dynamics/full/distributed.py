@@ -39,6 +39,7 @@ Example (one process)::
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -47,8 +48,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["PARALLEL", "DistInfo", "dist_info", "global_sum", "grad_sq_norm", "init_distributed", "is_sharded",
-           "load_sharded", "parallel_mode", "save_sharded", "set_phase", "wrap_ddp", "wrap_fsdp"]
+__all__ = ["PARALLEL", "DistInfo", "dist_info", "finish_distributed", "global_sum", "grad_sq_norm", "init_distributed",
+           "is_sharded", "load_sharded", "parallel_mode", "save_sharded", "set_phase", "wrap_ddp", "wrap_fsdp"]
 
 #: How a multi-process run splits the training module: ``ddp`` (a full replica per rank, gradients
 #: all-reduced) or ``fsdp`` (FSDP2: parameters, gradients and optimizer states sharded over ranks);
@@ -119,6 +120,27 @@ def init_distributed(backend: str | None = None, *, timeout_s: float = 1800.0) -
         torch.cuda.set_device(info.local_rank)
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return dist_info()
+
+
+def finish_distributed() -> None:
+    """End a multi-process run that completed: collect what still holds the process group, wait for every
+    rank, then destroy the default process group.
+
+    Call it after the DDP- or FSDP-wrapped modules are released. ``destroy_process_group`` only drops
+    this module's references: a wrapped module keeps the gloo backend (and its worker threads) alive until
+    interpreter shutdown, where tearing it down can abort the process ("terminate called without an
+    active exception", SIGABRT) after the run's results are written. Measured on two CPU ranks
+    (``tests/test_distributed.py``'s worker): 3 of 26 runs aborted so with the wrapped modules alive,
+    with or without ``destroy_process_group``, 1 of 56 with only a barrier before it, none of 65 with the
+    wrapped modules released first (40 of them through this function). Call it on the success
+    path only (a rank that failed never reaches the barrier). With one process it does nothing.
+
+    >>> finish_distributed()  # one process: nothing to end
+    """
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # wrapped modules caught in reference cycles hold the backend too
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def wrap_ddp(

@@ -52,7 +52,16 @@ def load_prompt_sets(args):
 def run_janus(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
     """Prompts and any external judge file checked, then the model loaded (DDP-wrapped under torchrun),
     CLO with ``alarm`` (e.g. :class:`dynamics.alarm.EpochAlarm`) as ``on_epoch`` on rank 0, records,
-    summary and (``--save-images``) PNGs. Returns the records."""
+    summary and (``--save-images``) PNGs. Returns the records. Under torchrun the process group is
+    ended once the run, and with it the wrapped model, is gone."""
+    from dynamics.full.distributed import finish_distributed
+
+    records = _run_janus(args, cfg, out, alarm=alarm)
+    finish_distributed()
+    return records
+
+
+def _run_janus(args, cfg: CLOConfig, out: Path, *, alarm=None) -> list[dict]:
     from dynamics.full.distributed import dist_info, init_distributed, parallel_mode, wrap_ddp, wrap_fsdp
     from dynamics.full.presets import model_family
 
