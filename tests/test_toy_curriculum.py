@@ -6,25 +6,30 @@ with N in 1, 2, 4, 8: three units, SFT and DPO, replay off / early (epoch 1 of 4
 adaptive). With 8 candidates the pool holds about one prompt of 126; with 2 it holds 16 ± 5, of which
 early replay recovers 12 ± 3 at precision 0.73 ± 0.03 against the first round's 0.86 ± 0.02, and Gen
 moves +1.2 ± 0.5 points beyond no replay (adaptive +1.1 ± 0.4, late +0.5 ± 0.1 with 14 prompts at
-precision 0.84). Confirmed here on the units of ``test_toy_poor_supervision.py`` (world 0 seeds 3-4,
-world 1 seeds 0-2, world 2 seeds 0-2, those with the gap; at least six), SFT with two candidates, one-sided
-paired t (n - 1 df) at alpha = 0.01, Holm over the family, and again with the pre-trained weights moved
-by a relative 1e-6.
+precision 0.84). Tested here on the units of ``test_toy_poor_supervision.py`` (world 0 seeds 3-4, world 1 seeds 0-2,
+world 2 seeds 0-2, those with the gap; at least six), SFT with two candidates, one-sided paired t
+(n - 1 df) at alpha = 0.01, Holm over the family, in two runs: the pre-trained models as they are
+(7 units) and every unit pre-trained again from initial weights moved by a relative 1e-6 (8 units; what
+another CPU's rounding does to pre-training).
 
-Pre-registered claims (Holm over the three):
+Pre-registered claims (Holm over the three), as pre-trained / from perturbed init (points, mean ± s.e.):
 
-1. early replay raises Gen beyond no replay;
-2. adaptive replay raises Gen beyond no replay;
-3. the data early replay adds are less precise than the first round's.
+1. early replay raises Gen beyond no replay: +0.4 ± 0.5 (p 0.24) / +0.1 ± 0.2 (p 0.38);
+2. adaptive replay raises Gen beyond no replay: +0.5 ± 0.4 (p 0.24) / +0.3 ± 0.1 (p 0.044);
+3. the data early replay adds are less precise than the first round's: -8 ± 4 (p 0.11) / -16 ± 4
+   (p 0.005).
 
-None of them held on the seven confirmation units: early replay +0.4 ± 0.5 points (p 0.24), adaptive
-+0.5 ± 0.4 (p 0.24), replayed precision 8 ± 4 points below the first round's (p 0.11). They are tested
-below as not significant, not re-fitted to these units: at the toy scale the measured effect of replay
-is within about one point of none.
+No claim holds in both runs. Claim 3 holds in one run and not the other (its conclusion moves with
+rounding; an earlier version of this module asserted it not significant, which the robustness run
+contradicts). The replay gains are within about a point of none in both runs but are not asserted as
+"no effect": no margin was stated before they were measured. Nor is the paper's
 
-Claim of the paper that does not hold here either (not significant at alpha = 0.01 in both runs):
+4. late replay raises Gen beyond early replay: -0.4 ± 0.3 (p 0.86) / +0.0 ± 0.2 (p 0.48).
 
-4. late replay raises Gen beyond early replay.
+What is asserted is what every claim above presupposes and what holds exactly in both runs: at N = 2
+replay has something to do, early replay moving prompts from the pool into the training set on every
+unit (7-25 prompts, 87-88 % of them of the hard tier). The claims' verdicts are in the failure
+message.
 
 Slow (``make test-slow``): 4 CLO rounds per unit and run.
 """
@@ -46,18 +51,20 @@ pytestmark = pytest.mark.slow
 OFF, EARLY, LATE, ADAPTIVE = (arm_label(2, "sft", r) for r in ("off", "early", "late", "adaptive"))
 
 
-def _runs(perturbation: float) -> dict:
-    return toy_curriculum_runs(_size(), ns=(2,), losses=("sft",), perturbation=perturbation)
+def _runs(**robustness) -> dict:
+    return toy_curriculum_runs(_size(), ns=(2,), losses=("sft",), **robustness)
 
 
 @pytest.fixture(scope="module")
 def arms():
-    return _runs(0.0)
+    return _runs()
 
 
 @pytest.fixture(scope="module")
 def perturbed():
-    return _runs(PERTURBATION)
+    """The robustness run: every unit pre-trained again from initial weights moved by ``PERTURBATION``
+    (moving the pre-trained weights flips no sampled token or verdict at this size)."""
+    return _runs(perturbation=PERTURBATION, perturb_at="init")
 
 
 CLAIMS = [
@@ -66,17 +73,21 @@ CLAIMS = [
     Claim("the data early replay adds are less precise than the first round's", EARLY, "replay_precision_gap",
           "less", final=True),
 ]
-DOES_NOT_HOLD = Claim("late replay raises Gen beyond early replay", LATE, "gen_acc", "greater", control=EARLY)
+PAPER_CLAIM = Claim("late replay raises Gen beyond early replay", LATE, "gen_acc", "greater", control=EARLY)
 
 
-def test_the_explorations_replay_gains_do_not_confirm(arms, perturbed):
-    first, second = check(CLAIMS, arms), check(CLAIMS, perturbed)
-    text = summary_lines(first, second)
-    units = len({(r["world"], r["seed"]) for r in arms[OFF]})
-    assert units >= MIN_UNITS and all(v.estimate.n == units for v in first + second), text
-    assert not any(v.holds for v in first + second), "a replay claim became significant:\n" + text
+def _last(records) -> list[dict]:
+    end = max(r["epoch"] for r in records)
+    return [r for r in records if r["epoch"] == end]
 
 
-def test_late_replay_is_not_better_than_early(arms, perturbed):
-    first, second = check([DOES_NOT_HOLD], arms), check([DOES_NOT_HOLD], perturbed)
-    assert not first[0].holds and not second[0].holds, summary_lines(first, second)
+def test_early_replay_moves_prompts_on_every_unit_in_both_runs(arms, perturbed):
+    text = "\n".join([summary_lines(check(CLAIMS, arms), check(CLAIMS, perturbed)),
+                      summary_lines(check([PAPER_CLAIM], arms), check([PAPER_CLAIM], perturbed))])
+    for run in (arms, perturbed):
+        units = {(r["world"], r["seed"]) for r in run[OFF]}
+        early = _last(run[EARLY])
+        assert len(units) >= MIN_UNITS and {(r["world"], r["seed"]) for r in early} == units, text
+        assert all(r["replayed_prompts"] >= 1 for r in early), text
+        assert all(r["replayed_prompts"] == sum(r[f"replayed_prompts@tier:{t}"] for t in ("easy", "medium", "hard"))
+                   for r in early), text

@@ -4,6 +4,13 @@ check) with every weight moved by a relative
 Every pre-registered claim of ``test_toy_findings.py`` (``tests/conftest.py``) must hold here too:
 a conclusion that flips with the last bits of a float is not a finding.
 
+At this size the perturbation moves the training losses but flips no sampled token or verdict: the
+metrics the claims read equal the unperturbed run's (measured on world 0 seed 0), so this run can only
+catch a conclusion that hangs on the last bits of the training loss. Another CPU's rounding acts
+through pre-training instead (1,200 steps of Adam carry a 1e-6 difference to a different model, whose
+Gen and FP rate differ by points); that is the slow test below, which pre-trains every unit again from
+perturbed initial weights.
+
 The units are visited in the reverse order of ``test_toy_findings.py``, so that on a fresh machine
 the two modules (run side by side by pytest-xdist) pre-train different models at the same time
 (checkpoints are cached and file-locked).

@@ -6,8 +6,7 @@ three units, beyond the unfiltered control, points, mean ± s.e.) and confirmed 
 exploration did not see: world 0 seeds 3-4, world 1 seeds 0-2 and world 2 seeds 0-2, of which those that
 pass the gap check enter (at least six required; world 1 seed 2 failed it where this was written), one
 CLO round of the default recipe, every arm from the same weights and seed. One-sided paired t (n - 1
-df) at alpha = 0.01, Holm over the family; every claim again with the pre-trained weights moved by a
-relative 1e-6 (``dynamics.study.perturb``).
+df) at alpha = 0.01, Holm over the family.
 
 Exploration (tied): ``pr:0.5,0.3`` (precision 0.50, recall 0.31, 99.5 % of its errors near misses) Gen
 +2.1 ± 0.8, false positives -0.2 ± 0.9, Non -1.4 ± 1.2: near-miss positives halve the gain but do not
@@ -25,22 +24,39 @@ Pre-registered claims (Holm over the four):
 3. ... and Non rises beyond it: the intrinsic metric sees this degradation;
 4. near misses cost generation: ``lookalike:1`` raises Gen less than the exact judge.
 
-On the seven confirmation units only claim 4 held (Gen -2.2 ± 0.3 points against the exact judge,
-p 0.001). Claims 1-3 pointed the exploration's way but were not significant at alpha = 0.01 (Holm):
-+1.8 ± 0.6 (p 0.032), -2.4 ± 1.0 (p 0.055), +2.2 ± 1.3 (p 0.066). They are kept as what they are:
-tested below as not significant, not re-fitted to these units.
+Confirmation, in two runs: the pre-trained models as they are (seven units: world 1 seed 2 fails the
+gap check) and the robustness run, every unit pre-trained again from initial weights moved by a relative
+1e-6 (what another CPU's rounding does to 1,200 steps of Adam: a different pre-trained model per unit;
+eight units pass the gap check there). Gen beyond the control, points, mean ± s.e., Holm p:
 
-Claims of the paper that do not hold here either (each not significant at alpha = 0.01 in both runs:
-absence of evidence, the weaker kind of "does not hold"):
+| claim | as pre-trained (7 units) | pre-trained from perturbed init (8 units) |
+|---|---|---|
+| 1. near misses at precision 0.5 still raise Gen | +1.8 ± 0.6, p 0.032 | +2.5 ± 0.5, p 0.0014 |
+| 2. precision 0.3 lowers Gen | -2.4 ± 1.0, p 0.055 | -2.2 ± 0.8, p 0.030 |
+| 3. ... and Non rises | +2.2 ± 1.3, p 0.066 | +1.5 ± 0.9, p 0.071 |
+| 4. ``lookalike:1`` gains less than the exact judge | -2.2 ± 0.3, p 0.0012 | -2.0 ± 0.2, p 0.00013 |
 
-5. near misses alone raise the understanding's false positives (beyond the exact judge);
-6. a near-miss judge of precision 0.5 raises the false positives beyond the control (co-degradation).
+Only claim 4 holds in both runs, and only it is asserted. Claim 1 holds in one run and not in the
+other: its conclusion moves with the rounding of pre-training, so it is neither confirmed nor refuted
+(an earlier version of this module asserted it not significant, which the robustness run contradicts).
+Claims 2 and 3 point the exploration's way in both runs without reaching alpha = 0.01; they are
+reported, not asserted either way.
 
-The perturbed run moves the training losses but, at this size, flips no sampled token or verdict: its
-records equal the unperturbed ones.
+Claims of the paper that show no significant effect here (one-sided, uncorrected, false-positive rate
+beyond the comparison, points):
 
-Slow (``make test-slow``): about 35 CLO rounds per run and three pre-trainings a fresh machine has
-not cached.
+5. near misses alone raise the understanding's false positives (beyond the exact judge): +0.5 ± 0.2
+   (p 0.010, at the level) and +0.7 ± 0.5 (p 0.11);
+6. a near-miss judge of precision 0.5 raises the false positives beyond the control (co-degradation):
+   -0.5 ± 0.4 (p 0.87) and +0.3 ± 0.2 (p 0.16).
+
+Absence of significance is not absence of an effect, and the paper gives no effect size from which to
+set an equivalence margin in advance, so neither is asserted: the toy shows no co-degradation, and this
+module does not claim that it cannot.
+
+Slow (``make test-slow``): about 35 CLO rounds per run (about 4 CPU-minutes) and the pre-trainings
+of both runs a fresh machine has not cached (about 2 CPU-minutes each; the robustness run's units are
+those of ``test_toy_findings_perturbed.py``'s slow run, plus world 2).
 """
 
 from __future__ import annotations
@@ -78,7 +94,10 @@ def arms():
 
 @pytest.fixture(scope="module")
 def perturbed():
-    return judge_study(_size(), JUDGES, skip_no_gap=True, perturbation=PERTURBATION)
+    """The robustness run: every unit pre-trained again from initial weights moved by ``PERTURBATION``.
+    Moving the pre-trained weights instead flips no sampled token or verdict at this size (its records
+    equal the unperturbed ones), so it could not show a conclusion that moves with rounding."""
+    return judge_study(_size(), JUDGES, skip_no_gap=True, perturbation=PERTURBATION, perturb_at="init")
 
 
 PREREGISTERED = [
@@ -89,8 +108,8 @@ PREREGISTERED = [
     Claim("near misses cost generation: lookalike:1 raises Gen less than the exact judge", "lookalike:1", "gen_acc",
           "less", control="oracle"),
 ]
-HELD = (3,)  # the indices of PREREGISTERED that held on the confirmation units; the others did not
-DO_NOT_HOLD = [
+ROBUST = 3  # the index of the one claim of PREREGISTERED that holds in both runs
+PAPER_CLAIMS = [  # reported by the failure messages, not asserted (see the module docstring)
     Claim("near misses alone raise the false positives beyond the exact judge", "lookalike:1", "und_fp_rate",
           "greater", control="oracle"),
     Claim("a near-miss judge of precision 0.5 raises the false positives beyond the control", NEAR, "und_fp_rate",
@@ -102,18 +121,23 @@ def _units(a) -> int:
     return len({(r["world"], r["seed"]) for r in a["all"]})
 
 
-def test_near_miss_positives_cost_generation_and_the_rest_does_not_confirm(arms, perturbed):
+def test_near_miss_positives_cost_generation_in_both_runs(arms, perturbed):
     first, second = check(PREREGISTERED, arms), check(PREREGISTERED, perturbed)
-    text = summary_lines(first, second)
-    assert _units(arms) >= MIN_UNITS and _units(perturbed) == _units(arms), text
-    for i, (a, b) in enumerate(zip(first, second)):
-        assert a.holds == b.holds == (i in HELD), "\n" + text
+    text = summary_lines(first, second) + "\n" + summary_lines(check(PAPER_CLAIMS, arms, correct=False),
+                                                                check(PAPER_CLAIMS, perturbed, correct=False))
+    assert _units(arms) >= MIN_UNITS and _units(perturbed) >= MIN_UNITS, text
+    assert first[ROBUST].holds and second[ROBUST].holds, "\n" + text
 
 
-def test_the_papers_co_degradation_does_not_show_in_the_toy(arms, perturbed):
-    first, second = check(DO_NOT_HOLD, arms, correct=False), check(DO_NOT_HOLD, perturbed, correct=False)
-    text = summary_lines(first, second)
-    assert not any(v.holds for v in first + second), "a co-degradation claim became significant:\n" + text
+def test_the_robustness_run_starts_from_other_models(arms, perturbed):
+    """The perturbation is real: every unit the two runs share starts CLO from a model whose own sampled
+    metrics differ (pre-training carried the 1e-6 to a different model)."""
+    def before(a):
+        return {(r["world"], r["seed"]): (r["gen_acc"], r["und_fp_rate"]) for r in a["all"] if r["epoch"] == 0}
+
+    plain, moved = before(arms), before(perturbed)
+    shared = plain.keys() & moved.keys()
+    assert len(shared) >= MIN_UNITS and all(plain[u] != moved[u] for u in shared)
 
 
 def test_the_pr_judges_realise_their_precision_and_recall(arms):

@@ -7,19 +7,22 @@ every generation parameter (168 k) Gen +6.3 ± 1.3, false positives -1.2 ± 0.6;
 and final norm (164 k) +5.6 ± 0.7, -1.2 ± 0.2; the embeddings only (3.8 k) +2.4 ± 0.3, -0.0 ± 0.4.
 Confirmed here on the units of ``test_toy_poor_supervision.py`` (world 0 seeds 3-4, world 1 seeds 0-2,
 world 2 seeds 0-2, those with the gap; at least six), one CLO round of the default recipe, one-sided
-paired t (n - 1 df) at alpha = 0.01, Holm over the family, and again with the pre-trained weights moved
-by a relative 1e-6. Arms of different scopes run from the same pre-trained model and seed, so they are
-paired by unit too.
+paired t (n - 1 df) at alpha = 0.01, Holm over the family, in two runs: the pre-trained models as they
+are (7 units) and every unit pre-trained again from initial weights moved by a relative 1e-6 (8 units;
+what another CPU's rounding does to pre-training). Arms of different scopes run from the same
+pre-trained model and seed, so they are paired by unit too.
 
-Claims that must hold:
+Claims that hold in both runs (points, mean ± s.e., Holm p; as pre-trained / from perturbed init):
 
-1. training the embeddings only still raises Gen beyond its control;
-2. ... but less than training every generation parameter (self arm against self arm);
-3. training the transformer layers only raises Gen beyond its control.
+1. training the embeddings only still raises Gen beyond its control: +1.9 ± 0.4 (p 0.0011) /
+   +2.6 ± 0.4 (p 0.0002);
+2. ... but less than training every generation parameter: -3.1 ± 0.3 (p 5e-5) / -2.3 ± 0.3 (p 0.0002);
+3. training the transformer layers only raises Gen beyond its control: +4.7 ± 0.7 (p 0.0004) /
+   +4.6 ± 0.6 (p 0.0002).
 
-Claim that does not hold here (not significant at alpha = 0.01 in both runs):
-
-4. training the embeddings only lowers the understanding's false positives beyond its control.
+Reported, not asserted: training the embeddings only lowers the understanding's false positives beyond
+its control by -0.2 ± 0.2 (p 0.25) / -0.4 ± 0.2 (p 0.058), not significant in either run; with no
+margin stated in advance that is no evidence of "no effect" either.
 
 Slow (``make test-slow``): 6 CLO rounds per unit and run.
 """
@@ -42,23 +45,25 @@ pytestmark = pytest.mark.slow
 SCOPES = ("all", "trunk", "embeddings")
 
 
-def _study(perturbation: float) -> dict:
+def _study(**robustness) -> dict:
     out = {}
     for scope in SCOPES:
         size = dataclasses.replace(_size(), scope=scope)
-        for j, recs in judge_study(size, ("self", "all"), skip_no_gap=True, perturbation=perturbation).items():
+        for j, recs in judge_study(size, ("self", "all"), skip_no_gap=True, **robustness).items():
             out[f"{scope}/{j}"] = recs
     return out
 
 
 @pytest.fixture(scope="module")
 def arms():
-    return _study(0.0)
+    return _study()
 
 
 @pytest.fixture(scope="module")
 def perturbed():
-    return _study(PERTURBATION)
+    """The robustness run: every unit pre-trained again from initial weights moved by ``PERTURBATION``
+    (moving the pre-trained weights flips no sampled token or verdict at this size)."""
+    return _study(perturbation=PERTURBATION, perturb_at="init")
 
 
 CLAIMS = [
@@ -69,19 +74,18 @@ CLAIMS = [
     Claim("layers only: the self judge raises Gen beyond its control", "trunk/self", "gen_acc", "greater",
           control="trunk/all"),
 ]
-DOES_NOT_HOLD = Claim("embeddings only: the self judge lowers the false positives beyond its control",
-                      "embeddings/self", "und_fp_rate", "less", control="embeddings/all")
+REPORTED = Claim("embeddings only: the self judge lowers the false positives beyond its control",
+                 "embeddings/self", "und_fp_rate", "less", control="embeddings/all")
+
+
+def _units(a) -> int:
+    return len({(r["world"], r["seed"]) for r in a["all/all"]})
 
 
 def test_the_layers_carry_the_gain(arms, perturbed):
     first, second = check(CLAIMS, arms), check(CLAIMS, perturbed)
-    text = summary_lines(first, second)
-    units = len({(r["world"], r["seed"]) for r in arms["all/all"]})
-    assert units >= MIN_UNITS and all(v.estimate.n == units for v in first + second), text
+    text = summary_lines(first, second) + "\n" + summary_lines(check([REPORTED], arms), check([REPORTED], perturbed))
+    assert _units(arms) >= MIN_UNITS and all(v.estimate.n == _units(arms) for v in first), text
+    assert _units(perturbed) >= MIN_UNITS and all(v.estimate.n == _units(perturbed) for v in second), text
     assert all(v.holds for v in first), "\n" + text
-    assert all(v.holds for v in second), "conclusion moved under a 1e-6 perturbation:\n" + text
-
-
-def test_embeddings_alone_do_not_move_the_understanding_measurably(arms, perturbed):
-    first, second = check([DOES_NOT_HOLD], arms), check([DOES_NOT_HOLD], perturbed)
-    assert not first[0].holds and not second[0].holds, summary_lines(first, second)
+    assert all(v.holds for v in second), "conclusion moved when pre-training started from perturbed weights:\n" + text

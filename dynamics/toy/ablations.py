@@ -145,12 +145,13 @@ def toy_poor_supervision(size: ToySize, *, couplings: Sequence[str] = ("tied", "
 
 def toy_curriculum_runs(size: ToySize, *, ns: Sequence[int] = (1, 2, 4, 8, 10), replays: Sequence[str] = REPLAYS,
                         losses: Sequence[str] = ("sft", "dpo"), judge: str = "self", coupling: str = "tied",
-                        excluded: list | None = None, perturbation: float = 0.0) -> dict[str, list[dict]]:
+                        excluded: list | None = None, perturbation: float = 0.0,
+                        perturb_at: str = "pretrained") -> dict[str, list[dict]]:
     """The arms of the toy curriculum map: ``{arm_label(n, loss, replay): records of every unit}``
     (replay names through :func:`dynamics.study.curriculum.replay_spec` over the recipe's epochs; DPO
     with :data:`dynamics.study.curriculum.DPO_OVERRIDES`, and without ``N = 1``). The last epoch's
     records carry the replay bookkeeping per tier (:func:`dynamics.study.curriculum.replay_stats`).
-    ``perturbation``: the robustness run of a findings test (:func:`dynamics.toy.study.unit_arms`)."""
+    ``perturbation``, ``perturb_at``: the robustness run of a findings test (:func:`dynamics.toy.study.unit_arms`)."""
 
     def configs(cfg: CLOConfig) -> dict[str, CLOConfig]:
         out = {}
@@ -175,7 +176,7 @@ def toy_curriculum_runs(size: ToySize, *, ns: Sequence[int] = (1, 2, 4, 8, 10), 
 
     out: dict[str, list[dict]] = {}
     for _unit, arms in unit_arms(size, configs, coupling=coupling, excluded=excluded, after=bookkeeping,
-                                 perturbation=perturbation, **_gap(size)):
+                                 perturbation=perturbation, perturb_at=perturb_at, **_gap(size)):
         for label, arm in arms.items():
             out.setdefault(label, []).extend(arm.records)
     return out
