@@ -205,14 +205,19 @@ def read_scan(arms: Mapping[str, Sequence[dict]], judges: Sequence[str], *, keys
     return rows, alarm
 
 
-def _kernel(k: dict | None, num) -> str:
+def _num(x) -> float:
+    """A number of a result read back from JSON, where NaN is written as null."""
+    return math.nan if x is None else x
+
+
+def _kernel(k: dict | None) -> str:
     """The first-order prediction of a row (``kernel``), where the scan computed one: the predicted and
     measured mean change of ``log P(yes)`` on misaligned probes and false positives."""
     if not k:
         return ""
-    part = [f"{kind} dU pred {num(k[kind]['pred_delta_u'][0]):+.4f} meas {num(k[kind]['delta_u'][0]):+.4f}"
+    part = [f"{kind} dU pred {_num(k[kind]['pred_delta_u'][0]):+.4f} meas {_num(k[kind]['delta_u'][0]):+.4f}"
             for kind in ("misaligned", "fp")]
-    return " | " + ", ".join(part) + f", sign agreement {num(k['sign_agreement'][0]):.2f}"
+    return " | " + ", ".join(part) + f", sign agreement {_num(k['sign_agreement'][0]):.2f}"
 
 
 def format_rows(result: dict) -> str:
@@ -222,13 +227,10 @@ def format_rows(result: dict) -> str:
     keys = s["keys"]
     alarms = keys["alarms"]
 
-    def num(x):  # NaN is written as null in the JSON of a result
-        return math.nan if x is None else x
-
     def pm(v, scale=100.0):
-        if not v or math.isnan(num(v[0])):
+        if not v or math.isnan(_num(v[0])):
             return "     n/a   "
-        return f"{scale * v[0]:+6.1f}±{scale * num(v[1]):4.1f}"
+        return f"{scale * v[0]:+6.1f}±{scale * _num(v[1]):4.1f}"
 
     head = (f"{'coupling':9} {'judge':15} {'phase':15} {'Gen':>11} {'FP':>11} {'Non':>11} {'win-50':>11} | "
             f"{'own Gen':>11} {'own FP':>11} {'own Non':>11} | {'prec':>5} {'rec':>5} {'near':>5} "
@@ -239,8 +241,8 @@ def format_rows(result: dict) -> str:
             vs = (f"{'(control)':15} {'':>11} {'':>11} {'':>11} {'':>11}" if "phase" not in r else
                   f"{r['phase']:15} {pm(r['gen'])} {pm(r['fp'])} {pm(r[keys['non']])} {pm(r['final_' + keys['win']])}")
             lines.append(f"{c:9} {j:15} {vs} | {pm(r['gen_change'])} {pm(r['fp_change'])} {pm(r['non_change'])} | "
-                         f"{num(r['precision'][0]):5.3f} {num(r['recall'][0]):5.3f} {num(r['near_miss_share'][0]):5.3f} "
-                         + " ".join(f"{num(r[a + '_rate'][0]):5.2f}" for a in alarms) + _kernel(r.get("kernel"), num))
+                         f"{_num(r['precision'][0]):5.3f} {_num(r['recall'][0]):5.3f} {_num(r['near_miss_share'][0]):5.3f} "
+                         + " ".join(f"{_num(r[a + '_rate'][0]):5.2f}" for a in alarms) + _kernel(r.get("kernel")))
         a = s["alarm"][c]
         parts = []
         for key in alarms:
