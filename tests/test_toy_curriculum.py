@@ -41,8 +41,9 @@ import torch
 
 from dynamics.study.claims import Claim, check, summary_lines
 from dynamics.study.curriculum import arm_label
+from dynamics.study.read import last_epoch
 from dynamics.toy.ablations import toy_curriculum_runs
-from tests.test_toy_poor_supervision import MIN_UNITS, PERTURBATION, _size
+from tests.test_toy_poor_supervision import MIN_UNITS, ROBUSTNESS, _size
 
 torch.set_num_threads(1)
 
@@ -62,9 +63,7 @@ def arms():
 
 @pytest.fixture(scope="module")
 def perturbed():
-    """The robustness run: every unit pre-trained again from initial weights moved by ``PERTURBATION``
-    (moving the pre-trained weights flips no sampled token or verdict at this size)."""
-    return _runs(perturbation=PERTURBATION, perturb_at="init")
+    return _runs(**ROBUSTNESS)
 
 
 CLAIMS = [
@@ -77,7 +76,7 @@ PAPER_CLAIM = Claim("late replay raises Gen beyond early replay", LATE, "gen_acc
 
 
 def _last(records) -> list[dict]:
-    end = max(r["epoch"] for r in records)
+    end = last_epoch(records)
     return [r for r in records if r["epoch"] == end]
 
 

@@ -76,6 +76,10 @@ pytestmark = pytest.mark.slow
 UNITS = ((0, 3), (0, 4), (1, 0), (1, 1), (1, 2), (2, 0), (2, 1), (2, 2))  # not seen by the exploration
 MIN_UNITS = 6
 PERTURBATION = 1e-6
+# The robustness run of every toy confirmation: each unit pre-trained again from initial weights moved by
+# PERTURBATION (what another CPU's rounding does to 1,200 steps of Adam). Moving the pre-trained weights
+# instead flips no sampled token or verdict at this size, so it could not show a conclusion that moves.
+ROBUSTNESS = {"perturbation": PERTURBATION, "perturb_at": "init"}
 NEAR, GENERIC = "pr:0.5,0.3", "pr:0.3,0.3"
 JUDGES = ("all", "oracle", "lookalike:1", NEAR, GENERIC)
 
@@ -94,10 +98,7 @@ def arms():
 
 @pytest.fixture(scope="module")
 def perturbed():
-    """The robustness run: every unit pre-trained again from initial weights moved by ``PERTURBATION``.
-    Moving the pre-trained weights instead flips no sampled token or verdict at this size (its records
-    equal the unperturbed ones), so it could not show a conclusion that moves with rounding."""
-    return judge_study(_size(), JUDGES, skip_no_gap=True, perturbation=PERTURBATION, perturb_at="init")
+    return judge_study(_size(), JUDGES, skip_no_gap=True, **ROBUSTNESS)
 
 
 PREREGISTERED = [

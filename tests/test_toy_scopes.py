@@ -36,7 +36,7 @@ import torch
 
 from dynamics.study.claims import Claim, check, summary_lines
 from dynamics.toy.study import judge_study
-from tests.test_toy_poor_supervision import MIN_UNITS, PERTURBATION, _size
+from tests.test_toy_poor_supervision import MIN_UNITS, ROBUSTNESS, _size
 
 torch.set_num_threads(1)
 
@@ -61,9 +61,7 @@ def arms():
 
 @pytest.fixture(scope="module")
 def perturbed():
-    """The robustness run: every unit pre-trained again from initial weights moved by ``PERTURBATION``
-    (moving the pre-trained weights flips no sampled token or verdict at this size)."""
-    return _study(perturbation=PERTURBATION, perturb_at="init")
+    return _study(**ROBUSTNESS)
 
 
 CLAIMS = [
