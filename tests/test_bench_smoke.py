@@ -1,12 +1,16 @@
-"""Smoke test of the eNTK benchmark script: it runs, prints its ratio and its accuracy, and exits 0."""
+"""Smoke tests of the eNTK and seed-sweep benchmark scripts: each runs, prints its ratios and its
+accuracy check, and exits 0."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_entk.py"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -46,3 +50,20 @@ def test_bench_entk_help_and_bad_arguments():
     assert bad.returncode == 2 and "--n must be >= 1" in bad.stderr
     bad = _run("--cases", "ax")
     assert bad.returncode == 2 and "--cases must be letters out of 'abc', got 'ax'" in bad.stderr
+
+
+def test_bench_sim_seeds_quick_checks_the_computation_and_prints_its_ratios(capsys):
+    """The seed-sweep benchmark runs, prints each phase's ratio and the cost model, and passes its
+    float64 identity check (replica r of the vectorised run is the one-seed run with seed + r)."""
+    spec = importlib.util.spec_from_file_location("bench_sim_seeds", SCRIPT.parent / "bench_sim_seeds.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)  # the script sets its own thread count
+    out = capsys.readouterr().out
+    assert re.search(r"speed ratio \(loop / vectorised\)\s+[0-9.]+x\s+[0-9.]+x\s+[0-9.]+x", out), out
+    assert re.search(r"speed ratio \(loop / vectorised\): [0-9.]+x", out), out
+    assert "cost model:" in out and "same computation: yes" in out and "timed runs:" in out, out
