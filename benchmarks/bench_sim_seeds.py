@@ -5,7 +5,8 @@ with the self judge, its defaults: P = V = 64, 8 candidates, 20 epochs of plain 
 tracking): once with ``R = N`` replicas side by side (seeds ``seed .. seed + N - 1``), once as N
 one-replica runs, one per seed. Times are those of each side's fastest run of ``--repeat`` (by
 total), split into pre-training (model construction included) and CLO, with the speed ratio of each
-phase and of the whole pipeline.
+phase and of the whole pipeline; each repeat's own ratio (its two sides timed back to back) is
+printed too, as the spread that other load on the machine puts on a single measurement.
 
 Same computation. Replica r of the vectorised run must be the one-replica run with seed
 ``seed + r``: a short float64 run of the same pipeline (5 pre-training steps, one CLO epoch, at the
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 
@@ -128,13 +130,17 @@ def main(argv: list[str] | None = None) -> int:
     # per side, the run with the least total time of `repeat` (the least disturbed by other load on
     # the machine), split into its pre-training and CLO times
     best = {"vec": (math.inf, math.inf), "loop": (math.inf, math.inf)}
+    paired = []  # each repeat's own ratio (its two sides timed back to back): the spread of the noise
     for _ in range(args.repeat):
         vec = pipeline(world, replicas=args.seeds, seed=args.seed, args=args)
         loop = [pipeline(world, replicas=1, seed=args.seed + r, args=args) for r in range(args.seeds)]
+        totals = {}
         for side, runs in (("vec", [vec]), ("loop", loop)):
             times = (sum(run[2][0] for run in runs), sum(run[2][1] for run in runs))
+            totals[side] = sum(times)
             if sum(times) < sum(best[side]):
                 best[side] = times
+        paired.append(totals["loop"] / totals["vec"])
 
     # the identity check: a short float64 run of the same pipeline, before rounding has had room to grow
     short = argparse.Namespace(**{**vars(args), "float64": True, "epochs": 1, "pretrain_steps": 5})
@@ -171,6 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif n > 1:
         print("  cost model: the per-replica cost is below the timing noise of this run")
+    if len(paired) > 1:
+        print(
+            f"  each repeat's own ratio: {', '.join(f'{x:.1f}x' for x in paired)} "
+            f"(median {statistics.median(paired):.1f}x; the spread is other load on the machine)"
+        )
     ratio = ratios[2]
     print(
         f"speed ratio (loop / vectorised): {ratio:.1f}x   (target >= {SPEED_TARGET:g}x: "
