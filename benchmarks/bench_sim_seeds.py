@@ -14,7 +14,7 @@ benchmark's size) must agree on every metric and on the parameters to 1e-9, or t
 with status 1. The timed runs (float32 by default, hundreds of Adam steps) are compared too, but
 their differences are printed, not fatal: a batched matrix product may round differently from an
 unbatched one, and Adam and sampling carry a last-bit difference to another sampled token (at
-P = V = 128 and above this happens even in float64).
+P = V = 128 it happened even in float64).
 
 Why the ratio is about 5 and no more on one core: with a fixed per-run cost ``O`` (operation
 dispatch, the interpreter) and a per-replica cost ``c`` (arithmetic), one seed costs ``O + c`` and
