@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 
 import pytest
 import torch
@@ -20,6 +22,7 @@ from dynamics.toy.pretrain import (
     pretrain,
     save_checkpoint,
 )
+from dynamics.toy.study import ToySize
 
 torch.set_num_threads(1)
 
@@ -231,11 +234,6 @@ STREAM_DIGESTS = [
 
 @pytest.mark.parametrize(("preset", "world", "seed", "batches", "digest"), STREAM_DIGESTS)
 def test_data_stream_draws_are_pinned(preset, world, seed, batches, digest):
-    import hashlib
-    import itertools
-
-    from dynamics.toy.study import ToySize
-
     cfg = ToySize().config("tied", world) if preset == "default" else ToyConfig.preset("tiny")
     h = hashlib.sha256()
     for batch in itertools.islice(iter(DataStream(ToyModel(cfg, seed=seed), seed=seed)), batches):

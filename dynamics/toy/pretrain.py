@@ -140,7 +140,7 @@ class DataStream:
         self.by_cat = {c: [i for i in train if ps.tags[i] == c] for c in CATEGORIES}
         self.by_cat = {c: v for c, v in self.by_cat.items() if v}
         self.cats = list(self.by_cat)
-        col_of = {p: j for j, p in enumerate(train)}
+        self.col_of = col_of = {p: j for j, p in enumerate(train)}  # a train prompt's column in the label tables
         # question columns as NumPy arrays: the question draws index single rows of small tables
         self.cat_cols = {cat: np.array([col_of[p] for p in ids], dtype=np.int64) for cat, ids in self.by_cat.items()}
         self.all_cols = np.arange(len(train), dtype=np.int64)
@@ -192,7 +192,6 @@ class DataStream:
         for s in range(w.n_shapes):
             present[:, s] = (shapes == s).any(1)
         near = ~sat & ~(self.shape_need.unsqueeze(0) & ~present.unsqueeze(1)).any(-1)
-        train_pos = {int(p): j for j, p in enumerate(self.train.tolist())}
         # the per-question draws read single rows of small tables: NumPy, because indexing a tiny torch
         # tensor costs microseconds and this loop runs thousands of times a chunk
         sat_np, near_np, scenes = sat.numpy(), near.numpy(), ux.tolist()
@@ -216,7 +215,7 @@ class DataStream:
             for j, q in enumerate(qs):
                 ids += (self.q_prefix if j == 0 or not c.compact_questions else []) + self.q_words[q] + [self.qmark]
                 pos.append(len(ids) - 1)
-                yes = bool(sat_np[s, train_pos[q]])
+                yes = bool(sat_np[s, self.col_of[q]])
                 lab.append(0 if yes else 1)
                 ids.append(v.yes if yes else v.no)
             cell += [-1] * (len(ids) - len(cell))
