@@ -71,7 +71,14 @@ def pipeline(
     return res.metrics, params, (mid - start, end - mid)
 
 
-def compare(vec: tuple, loop: list[tuple], *, seeds: int, rtol: float, atol: float) -> list[str]:
+def both_sides(world: SimWorld, args) -> tuple[tuple, list[tuple]]:
+    """The vectorised run (R = N, seeds seed..seed+N-1) and the N one-replica runs, each a
+    :func:`pipeline` result."""
+    vec = pipeline(world, replicas=args.seeds, seed=args.seed, args=args)
+    return vec, [pipeline(world, replicas=1, seed=args.seed + r, args=args) for r in range(args.seeds)]
+
+
+def compare(vec: tuple, loop: list[tuple], *, rtol: float, atol: float) -> list[str]:
     """Differences between replica r of the vectorised run and the r-th one-replica run."""
     problems = []
     recs, params, _ = vec
@@ -132,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     best = {"vec": (math.inf, math.inf), "loop": (math.inf, math.inf)}
     paired = []  # each repeat's own ratio (its two sides timed back to back): the spread of the noise
     for _ in range(args.repeat):
-        vec = pipeline(world, replicas=args.seeds, seed=args.seed, args=args)
-        loop = [pipeline(world, replicas=1, seed=args.seed + r, args=args) for r in range(args.seeds)]
+        vec, loop = both_sides(world, args)
         totals = {}
         for side, runs in (("vec", [vec]), ("loop", loop)):
             times = (sum(run[2][0] for run in runs), sum(run[2][1] for run in runs))
@@ -144,11 +150,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # the identity check: a short float64 run of the same pipeline, before rounding has had room to grow
     short = argparse.Namespace(**{**vars(args), "float64": True, "epochs": 1, "pretrain_steps": 5})
-    check_vec = pipeline(world, replicas=args.seeds, seed=args.seed, args=short)
-    check_loop = [pipeline(world, replicas=1, seed=args.seed + r, args=short) for r in range(args.seeds)]
-    problems = compare(check_vec, check_loop, seeds=args.seeds, rtol=1e-9, atol=1e-9)
+    problems = compare(*both_sides(world, short), rtol=1e-9, atol=1e-9)
     tol = 1e-9 if args.float64 else 1e-4
-    drift = compare(vec, loop, seeds=args.seeds, rtol=tol, atol=tol)
+    drift = compare(vec, loop, rtol=tol, atol=tol)
 
     best = {side: (pre, clo, pre + clo) for side, (pre, clo) in best.items()}
     ratios = [lo / ve for lo, ve in zip(best["loop"], best["vec"])]
