@@ -67,7 +67,9 @@ import pytest
 import torch
 
 from dynamics.study.claims import Claim, check, summary_lines
+from dynamics.study.read import unit
 from dynamics.toy.study import TOY_CLO, ToySize, judge_study
+from tests.conftest import TOY_CACHE, units_of
 
 torch.set_num_threads(1)
 
@@ -85,8 +87,6 @@ JUDGES = ("all", "oracle", "lookalike:1", NEAR, GENERIC)
 
 
 def _size():
-    from tests.conftest import TOY_CACHE
-
     return ToySize(unit_list=UNITS, cache_dir=TOY_CACHE,
                    clo=dataclasses.replace(TOY_CLO, progress=False, eval_every=TOY_CLO.epochs))
 
@@ -118,15 +118,11 @@ PAPER_CLAIMS = [  # reported by the failure messages, not asserted (see the modu
 ]
 
 
-def _units(a) -> int:
-    return len({(r["world"], r["seed"]) for r in a["all"]})
-
-
 def test_near_miss_positives_cost_generation_in_both_runs(arms, perturbed):
     first, second = check(PREREGISTERED, arms), check(PREREGISTERED, perturbed)
     text = summary_lines(first, second) + "\n" + summary_lines(check(PAPER_CLAIMS, arms, correct=False),
                                                                 check(PAPER_CLAIMS, perturbed, correct=False))
-    assert _units(arms) >= MIN_UNITS and _units(perturbed) >= MIN_UNITS, text
+    assert len(units_of(arms)) >= MIN_UNITS and len(units_of(perturbed)) >= MIN_UNITS, text
     assert first[ROBUST].holds and second[ROBUST].holds, "\n" + text
 
 
@@ -134,7 +130,7 @@ def test_the_robustness_run_starts_from_other_models(arms, perturbed):
     """The perturbation is real: every unit the two runs share starts CLO from a model whose own sampled
     metrics differ (pre-training carried the 1e-6 to a different model)."""
     def before(a):
-        return {(r["world"], r["seed"]): (r["gen_acc"], r["und_fp_rate"]) for r in a["all"] if r["epoch"] == 0}
+        return {unit(r): (r["gen_acc"], r["und_fp_rate"]) for r in a["all"] if r["epoch"] == 0}
 
     plain, moved = before(arms), before(perturbed)
     shared = plain.keys() & moved.keys()
@@ -149,7 +145,7 @@ def test_the_pr_judges_realise_their_precision_and_recall(arms):
     precision (0.32 on average in the exploration) instead."""
     for spec, (q, rec) in ((NEAR, (0.5, 0.3)), (GENERIC, (0.3, 0.3))):
         first = [r for r in arms[spec] if r["epoch"] == 0]
-        assert len(first) == _units(arms)
+        assert len(first) == len(units_of(arms))
         assert all(abs(r["sft_recall"] - rec) < 0.03 for r in first), spec
         if spec == NEAR:
             assert all(abs(r["sft_precision"] - q) < 0.03 for r in first), spec

@@ -36,6 +36,7 @@ import torch
 
 from dynamics.study.claims import Claim, check, summary_lines
 from dynamics.toy.study import judge_study
+from tests.conftest import units_of
 from tests.test_toy_poor_supervision import MIN_UNITS, ROBUSTNESS, _size
 
 torch.set_num_threads(1)
@@ -76,14 +77,11 @@ REPORTED = Claim("embeddings only: the self judge lowers the false positives bey
                  "embeddings/self", "und_fp_rate", "less", control="embeddings/all")
 
 
-def _units(a) -> int:
-    return len({(r["world"], r["seed"]) for r in a["all/all"]})
-
-
 def test_the_layers_carry_the_gain(arms, perturbed):
     first, second = check(CLAIMS, arms), check(CLAIMS, perturbed)
     text = summary_lines(first, second) + "\n" + summary_lines(check([REPORTED], arms), check([REPORTED], perturbed))
-    assert _units(arms) >= MIN_UNITS and all(v.estimate.n == _units(arms) for v in first), text
-    assert _units(perturbed) >= MIN_UNITS and all(v.estimate.n == _units(perturbed) for v in second), text
+    for run, verdicts in ((arms, first), (perturbed, second)):
+        units = len(units_of(run))
+        assert units >= MIN_UNITS and all(v.estimate.n == units for v in verdicts), text
     assert all(v.holds for v in first), "\n" + text
     assert all(v.holds for v in second), "conclusion moved when pre-training started from perturbed weights:\n" + text
